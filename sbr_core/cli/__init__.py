@@ -1,0 +1,83 @@
+"""The ``sbr`` command line. Every SbrError becomes one line and a non-zero exit, here only."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from sbr_core import __version__
+from sbr_core.errors import SbrError
+
+
+class SbrGroup(click.Group):
+    """Root group: turns SbrError into one clear line; adds plugin commands lazily."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SbrError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"sbr: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugin_commands()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or _plugin_commands().get(cmd_name)
+
+
+_plugin_command_cache: dict[str, click.Command] | None = None
+
+
+def _plugin_commands() -> dict[str, click.Command]:
+    """Commands from ``sbr_register_commands``; a name clash marks the plugin, not the CLI."""
+    global _plugin_command_cache
+    if _plugin_command_cache is None:
+        from sbr_core.cli.context import plugin_host
+
+        found: dict[str, click.Command] = {}
+        host = plugin_host()
+        for plugin_name, command in host.commands():
+            name = getattr(command, "name", None)
+            if not isinstance(command, click.Command) or not name:
+                host.mark_unavailable(plugin_name, f"contributed {command!r}, not a click command")
+            elif name in main.commands or name in found:
+                host.mark_unavailable(plugin_name, f"command name {name!r} is already taken")
+            else:
+                found[name] = command
+        _plugin_command_cache = found
+    return _plugin_command_cache
+
+
+@click.group(cls=SbrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sbr")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """SBR: backup and recovery for VMs, Microsoft 365, applications and storage."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from sbr_core import redaction
+
+    redaction.install()
+
+
+def _register() -> None:
+    from sbr_core.cli import database, plugins, server, users
+
+    main.add_command(plugins.plugins)
+    main.add_command(database.db)
+    main.add_command(users.user)
+    main.add_command(server.server)
+
+
+_register()

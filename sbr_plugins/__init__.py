@@ -1,0 +1,1 @@
+"""Plugins bundled with SBR. Each sub-package registers through the ``sbr`` entry point group."""
