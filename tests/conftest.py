@@ -1,9 +1,4 @@
-"""Shared test set-up.
-
-Tests that need a real service (MariaDB, root for mounts, libvirtd, …) call
-:func:`service_unavailable` when it cannot be had. Locally that skips; with
-``SBR_REQUIRE_SERVICES=1`` (CI sets it) it fails, so CI can never pass by skipping.
-"""
+"""Shared fixtures. How a missing service skips or fails: tests/services.py."""
 
 from __future__ import annotations
 
@@ -12,22 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-REQUIRE_SERVICES = os.environ.get("SBR_REQUIRE_SERVICES", "") not in ("", "0")
-
-
-def service_unavailable(reason: str) -> None:
-    """Skip (locally) or fail (CI) a test whose real service cannot be had."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"service unavailable (and SBR_REQUIRE_SERVICES is set): {reason}",
-                    pytrace=False)
-    pytest.skip(f"service unavailable: {reason}")
-
-
-def require_root() -> None:
-    """Tests that mount file systems need root."""
-    if os.geteuid() != 0:
-        service_unavailable("needs root to mount test file systems")
 
 
 @pytest.fixture
