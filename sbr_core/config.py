@@ -98,7 +98,9 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
-def _leaf_messages(exc: BaseException, path: str, out: dict[str, str]) -> None:
+def _leaf_messages(
+    exc: BaseException, path: str, out: dict[str, str], config_class: type | None = None
+) -> None:
     """Walk a cattrs exception group, collecting one message per field path."""
     if isinstance(exc, ForbiddenExtraKeysError):
         for key in sorted(exc.extra_fields):
@@ -115,7 +117,10 @@ def _leaf_messages(exc: BaseException, path: str, out: dict[str, str]) -> None:
                 sub_path = path
             _leaf_messages(sub, sub_path, out)
         return
-    field = path.rstrip(".") or "(settings)"
+    field = path.rstrip(".")
+    if not field:
+        # An attrs validator failed in __init__, after cattrs had structured every field.
+        field = _attribute_of(exc, config_class) if config_class else "(settings)"
     if isinstance(exc, KeyError):
         out[field] = "required, but not given"
     else:
@@ -134,7 +139,9 @@ def _field_note(exc: BaseException) -> str | int | None:
 
 
 def _plain(exc: BaseException) -> str:
-    text = str(exc)
+    # attrs' validators raise ValueError(message, attribute, ...): keep only the message.
+    has_attribute = len(exc.args) > 1 and isinstance(exc.args[1], attrs.Attribute)
+    text = str(exc.args[0]) if has_attribute else str(exc)
     if isinstance(exc, TypeError) and "required positional argument" in text:
         return "required, but not given"
     # attrs' in_() validator names the accepted values; keep its message readable.
@@ -151,7 +158,7 @@ def structure_config(config_class: type[T], data: dict[str, Any], *, subject: st
         return _converter.structure(data, config_class)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         problems: dict[str, str] = {}
-        _leaf_messages(exc, "", problems)
+        _leaf_messages(exc, "", problems, config_class)
         raise ConfigError(subject, problems) from None
     except (ValueError, TypeError) as exc:
         # attrs validators run in __init__ after structuring; they name the attribute.
@@ -159,6 +166,9 @@ def structure_config(config_class: type[T], data: dict[str, Any], *, subject: st
 
 
 def _attribute_of(exc: BaseException, config_class: type) -> str:
+    note = _field_note(exc)
+    if isinstance(note, str):
+        return note
     attribute = exc.args[1] if len(exc.args) > 1 else None
     name = getattr(attribute, "name", None)
     if isinstance(name, str):

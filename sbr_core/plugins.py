@@ -18,7 +18,7 @@ import attrs
 import pluggy
 
 from sbr_core import hookspecs
-from sbr_core.errors import NotFoundError
+from sbr_core.errors import NotFoundError, PluginError
 from sbr_core.events import BackupEvent, NodeEvent, TaskEvent
 from sbr_core.hookspecs import hookimpl
 from sbr_core.providers import (
@@ -151,13 +151,32 @@ class PluginHost:
     def add(
         self, plugin: object, *, name: str, version: str = "", distribution: str = ""
     ) -> None:
-        """Register a plugin object directly (tests; programs embedding SBR)."""
+        """Register a plugin object directly (tests; programs embedding SBR).
+
+        Raises PluginError when a plugin of that name is already known: replacing its record
+        would hide the first plugin, which stays registered.
+        """
+        if name in self._loaded:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        distribution = distribution or name
         try:
             self._pm.register(plugin, name=name)
-        except Exception as exc:  # a malformed hookimpl: unknown hook, bad arguments
+        except Exception as exc:  # a malformed hookimpl: bad arguments
+            # pluggy leaves the hooks registered before the bad one in place; drop them all.
+            if self._pm.get_plugin(name) is plugin:
+                self._pm.unregister(name=name)
             self._loaded[name] = _Loaded(name, version, distribution, None, _reason(exc))
             return
-        self._loaded[name] = _Loaded(name, version, distribution or name, plugin)
+        # pluggy accepts implementations of hooks it has no spec for; a misspelt hook would
+        # otherwise leave the plugin "available" and silently doing nothing.
+        unknown = sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or ()
+                         if caller.spec is None)
+        if unknown:
+            self._pm.unregister(plugin)
+            reason = f"implements unknown hook(s): {', '.join(unknown)}"
+            self._loaded[name] = _Loaded(name, version, distribution, None, reason)
+            return
+        self._loaded[name] = _Loaded(name, version, distribution, plugin)
         self._providers = None
         self._steps = None
 
@@ -167,7 +186,7 @@ class PluginHost:
         """Call every implementation of a hook alone; a failing one marks its plugin."""
         results = []
         caller = getattr(self._pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order: the first plugin wins a name
             if impl.plugin_name == _CORE_PLUGIN or self._failed(impl.plugin_name):
                 continue
             try:
@@ -349,6 +368,7 @@ def _check_classes(classes: Any, base: type, kind: ProviderKind) -> str:
         return ""
     if not isinstance(classes, (list, tuple)):
         return f"registration returned {type(classes).__name__}, not a list of classes"
+    seen: set[str] = set()
     for cls in classes:
         if not _is_subclass(cls, base):
             return f"returned {cls!r}, not a {base.__name__} subclass"
@@ -358,6 +378,9 @@ def _check_classes(classes: Any, base: type, kind: ProviderKind) -> str:
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not _NAME.match(name):
             return f"{kind.value} {cls.__name__} has no valid name (lower-case letters, digits, -)"
+        if name in seen:
+            return f"{kind.value} {name!r} is registered twice by this plugin"
+        seen.add(name)
         if not attrs.has(getattr(cls, "Config", None)):  # type: ignore[arg-type]
             return f"{kind.value} {name!r} has no attrs Config class"
         if not getattr(cls, "label", ""):

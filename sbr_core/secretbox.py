@@ -71,7 +71,12 @@ class SecretBox:
             return {}
         if not sealed.startswith(_PREFIX):
             raise SecretError("stored secret has an unknown format")
-        raw = base64.b64decode(sealed[len(_PREFIX):])
+        try:
+            raw = base64.b64decode(sealed[len(_PREFIX):], validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) <= _NONCE_BYTES:
+            raise SecretError("stored secret is damaged (not a sealed value)")
         try:
             data = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], None)
         except InvalidTag:
@@ -81,3 +86,11 @@ class SecretBox:
             ) from None
         result: dict[str, Any] = json.loads(data)
         return result
+
+
+def derive_key(key: bytes, purpose: str) -> bytes:
+    """A separate key for another purpose (e.g. signing web sessions) from the server key."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, f"sbr:{purpose}".encode(), hashlib.sha256).digest()

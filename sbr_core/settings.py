@@ -63,6 +63,31 @@ class Secret:
         return bool(self._value)
 
 
+class _FieldNote(str):
+    """An exception note naming the setting whose validator refused a value.
+
+    :mod:`sbr_core.config` reads ``name`` (as it reads cattrs' own notes), so a ConfigError
+    names the field even when a validator's message does not.
+    """
+
+    name: str
+
+
+def _naming(validators: list[Any]) -> Any:
+    combined = attrs.validators.and_(*validators)
+
+    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            combined(instance, attribute, value)
+        except (ValueError, TypeError) as exc:
+            note = _FieldNote(f"setting {attribute.name!r} refused the value")
+            note.name = attribute.name
+            exc.add_note(note)
+            raise
+
+    return validate
+
+
 def setting(
     *,
     label: str,
@@ -84,7 +109,7 @@ def setting(
         validators.append(validator)
     return attrs.field(
         default=default,
-        validator=validators or None,
+        validator=_naming(validators) if validators else None,
         repr=not secret,
         metadata={_KEY: {"label": label, "help": help, "secret": secret,
                          "choices": tuple(choices)}},

@@ -25,3 +25,43 @@ def sbr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
     yield {**os.environ, **env}
     context.runtime.cache_clear()
     context.plugin_host.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The session's private MariaDB server (see tests/mariadb.py)."""
+    from tests.mariadb import PrivateMariaDB
+    from tests.services import service_unavailable
+
+    reason = PrivateMariaDB.missing()
+    if reason:
+        service_unavailable(reason)
+    server = PrivateMariaDB(tmp_path_factory.mktemp("mariadb"))
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        service_unavailable(f"private mariadbd did not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each engine, as an SBR_DATABASE_URL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sbr.db'}"
+    server = request.getfixturevalue("mariadb")
+    return server.url(server.new_database())  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[object]:
+    """An open, fully migrated database on each engine, with the models bound to it."""
+    from sbr_core.db import close_database, open_database
+    from sbr_core.db.migrations import upgrade
+
+    db = open_database(database_url)
+    upgrade(db)
+    yield db
+    close_database(db)

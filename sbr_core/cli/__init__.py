@@ -23,6 +23,14 @@ class SbrGroup(click.Group):
                 raise
             click.echo(f"sbr: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: say so in one line; --debug shows where
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"sbr: internal error: {type(exc).__name__}: {exc} "
+                       "(run with --debug for the traceback)", err=True)
+            sys.exit(70)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_plugin_commands()))

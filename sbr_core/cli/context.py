@@ -22,8 +22,9 @@ def plugin_host() -> PluginHost:
     return PluginHost.discover(disabled=runtime().disabled_plugins)
 
 
-def database(*, upgrade: bool = False) -> pw.Database:
-    """Open the configured database; with ``upgrade``, bring its schema up to date first."""
+def database(*, upgrade: bool = False, check: bool = True) -> pw.Database:
+    """Open the configured database; with ``upgrade``, bring its schema up to date first;
+    with ``check``, refuse a schema that is not the newest."""
     from sbr_core.db import open_database
     from sbr_core.db.migrations import upgrade as run_upgrade
     from sbr_core.db.schema_check import require_current
@@ -34,6 +35,6 @@ def database(*, upgrade: bool = False) -> pw.Database:
     db = open_database(rt.database_url)
     if upgrade:
         run_upgrade(db)
-    else:
+    elif check:
         require_current(db)
     return db

@@ -1,0 +1,94 @@
+"""Users, roles and passwords (scrypt hashes via werkzeug). Roles are enforced on the server."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+import peewee as pw
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from sbr_core.db.schema import Permission, Role, RolePermission, User, utcnow
+from sbr_core.errors import AuthError, NotFoundError, UsageError
+
+MIN_PASSWORD_LENGTH = 8
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,149}$")
+# A hash to compare against when the user does not exist, so both cases take equally long.
+_DUMMY_HASH = generate_password_hash("sbr-no-such-user")
+
+
+def _check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsageError(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _role(name: str) -> Role:
+    try:
+        return Role.get(Role.name == name)
+    except Role.DoesNotExist:
+        known = ", ".join(r.name for r in Role.select().order_by(Role.name))
+        raise NotFoundError(f"no role named {name!r} (roles: {known})") from None
+
+
+def get_user(username: str) -> User:
+    """The user row; NotFoundError when there is none."""
+    try:
+        return User.get(User.username == username)
+    except User.DoesNotExist:
+        raise NotFoundError(f"no user named {username!r}") from None
+
+
+def add_user(username: str, password: str, *, role: str = "admin") -> User:
+    """Create a user; the name must be new and the password long enough."""
+    if not _USERNAME.match(username):
+        raise UsageError(f"user name {username!r} is invalid: use letters, digits and ._@- "
+                         "(up to 150 characters)")
+    _check_password_rules(password)
+    role_row = _role(role)
+    try:
+        return User.create(username=username, password_hash=generate_password_hash(password),
+                           role=role_row)
+    except pw.IntegrityError:
+        raise UsageError(f"user {username!r} already exists") from None
+
+
+def set_password(username: str, password: str) -> None:
+    """Replace a user's password."""
+    _check_password_rules(password)
+    user = get_user(username)
+    user.password_hash = generate_password_hash(password)
+    user.save()
+
+
+def authenticate(username: str, password: str) -> User:
+    """The active user with that name and password; AuthError otherwise, never saying which
+    of the two was wrong."""
+    user = User.get_or_none(User.username == username)
+    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not valid or not user.active:
+        raise AuthError("wrong user name or password")
+    user.last_login_at = utcnow()
+    user.save(only=[User.last_login_at])
+    return user
+
+
+def permissions_of(user: User) -> frozenset[str]:
+    """Names of the permissions the user's role grants."""
+    query = (Permission.select(Permission.name)
+             .join(RolePermission).where(RolePermission.role == user.role_id))
+    return frozenset(p.name for p in query)
+
+
+def ensure_initial_admin(password_file: Path) -> str | None:
+    """On a database without users, create ``admin`` with a random password written to
+    ``password_file`` (0600). Returns the password file path, or None if users exist."""
+    if User.select().exists():
+        return None
+    password = secrets.token_urlsafe(15)
+    add_user("admin", password, role="admin")
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return str(password_file)

@@ -1,0 +1,59 @@
+"""The SBR web app: admin UI and REST API over one database, built by :func:`create_app`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+from flask import Flask
+
+from sbr_core.plugins import PluginHost
+from sbr_core.runtime import Runtime
+from sbr_core.secretbox import derive_key, load_or_create_key
+
+
+def create_app(*, runtime: Runtime, db: pw.Database, host: PluginHost,
+               config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app. The database must be open and its schema current."""
+    from sbr_web import api, auth, csrf, ui
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=derive_key(load_or_create_key(runtime.key_file), "web-session"),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_HTTPONLY=True,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+    )
+    app.config.update(config or {})
+    app.extensions["sbr"] = {"runtime": runtime, "db": db, "host": host}
+
+    @app.before_request
+    def _connect() -> None:
+        db.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _disconnect(_: BaseException | None) -> None:
+        if not db.is_closed():
+            db.close()
+
+    auth.init_app(app)
+    csrf.init_app(app)
+    app.register_blueprint(auth.blueprint)
+    app.register_blueprint(ui.blueprint)
+    app.register_blueprint(api.blueprint)
+    _register_plugin_blueprints(app, host)
+    ui.register_error_pages(app)
+    return app
+
+
+def _register_plugin_blueprints(app: Flask, host: PluginHost) -> None:
+    """Mount plugin blueprints; every route of theirs needs a logged-in user."""
+    from sbr_web.auth import require_login_for_blueprint
+
+    for plugin_name, blueprint in host.blueprints():
+        try:
+            require_login_for_blueprint(blueprint)
+            app.register_blueprint(blueprint)
+        except Exception as exc:  # a bad blueprint disables that plugin's pages only
+            host.mark_unavailable(plugin_name, f"web blueprint refused: {exc}")
