@@ -43,3 +43,25 @@ def plugins() -> Any:
     """Every plugin, as ``sbr plugins --json`` prints it."""
     host: PluginHost = current_app.extensions["sbr"]["host"]
     return jsonify([r.to_json() for r in host.records()])
+
+
+@blueprint.route("/audit")
+@require_permission("audit")
+def audit_log() -> Any:
+    """Audit entries, newest first; ``?limit=`` (at most 1000) and ``?before=ID`` to page."""
+    from flask import request
+
+    from sbr_core.db.schema import AuditLog
+
+    limit = request.args.get("limit", 100, type=int)
+    before = request.args.get("before", type=int)
+    if limit is None or not 1 <= limit <= 1000:
+        return jsonify(error="limit: must be a whole number from 1 to 1000"), 400
+    query = AuditLog.select().order_by(AuditLog.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(AuditLog.id < before)
+    return jsonify([
+        {"id": r.id, "at": r.at.isoformat() + "Z", "user": r.username, "action": r.action,
+         "target": r.target, "detail": r.detail, "remote_addr": r.remote_addr}
+        for r in query
+    ])

@@ -18,6 +18,7 @@ from flask import (
     Blueprint,
     Flask,
     abort,
+    current_app,
     flash,
     jsonify,
     redirect,
@@ -80,11 +81,14 @@ class _Throttle:
             self._failures.pop(key, None)
 
 
-_throttle = _Throttle()
+def _throttle() -> _Throttle:
+    throttle: _Throttle = current_app.extensions["sbr.login_throttle"]
+    return throttle
 
 
 def init_app(app: Flask) -> None:
-    """Attach flask-login to the app."""
+    """Attach flask-login and the login throttle to the app."""
+    app.extensions["sbr.login_throttle"] = _Throttle()
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in."
@@ -147,16 +151,16 @@ def login() -> Any:
     username = str(data.get("username", "")).strip()
     password = str(data.get("password", ""))
     address = request.remote_addr or ""
-    if _throttle.blocked(f"user:{username}", f"addr:{address}"):
+    if _throttle().blocked(f"user:{username}", f"addr:{address}"):
         audit.record("login.blocked", actor=username, remote_addr=address)
         return _login_failed("too many failed logins; wait a few minutes and try again", 429)
     try:
         row = accounts.authenticate(username, password)
     except AuthError as exc:
-        _throttle.fail(f"user:{username}", f"addr:{address}")
+        _throttle().fail(f"user:{username}", f"addr:{address}")
         audit.record("login.failed", actor=username, remote_addr=address)
         return _login_failed(str(exc), 401)
-    _throttle.clear(f"user:{username}")
+    _throttle().clear(f"user:{username}")
     flask_login.login_user(WebUser(row))
     audit.record("login", actor=row.username, remote_addr=address)
     if request.is_json:

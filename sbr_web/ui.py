@@ -78,3 +78,14 @@ def register_error_pages(app: Flask) -> None:
             return jsonify(error=message), exc.code
         return render_template("error.html", code=exc.code, name=exc.name,
                                message=message), exc.code
+
+
+@blueprint.route("/audit")
+@require_permission("audit")
+def audit_log() -> Any:
+    """The newest audit entries: who did what, when, from where."""
+    from sbr_core.db.schema import AuditLog
+
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    rows = AuditLog.select().order_by(AuditLog.id.desc()).paginate(page, 100)
+    return render_template("audit.html", rows=list(rows), page=page)
