@@ -25,19 +25,19 @@ def _check_password_rules(password: str) -> None:
 
 
 def _role(name: str) -> Role:
-    try:
-        return Role.get(Role.name == name)
-    except Role.DoesNotExist:
+    role: Role | None = Role.get_or_none(Role.name == name)
+    if role is None:
         known = ", ".join(r.name for r in Role.select().order_by(Role.name))
-        raise NotFoundError(f"no role named {name!r} (roles: {known})") from None
+        raise NotFoundError(f"no role named {name!r} (roles: {known})")
+    return role
 
 
 def get_user(username: str) -> User:
     """The user row; NotFoundError when there is none."""
-    try:
-        return User.get(User.username == username)
-    except User.DoesNotExist:
-        raise NotFoundError(f"no user named {username!r}") from None
+    user: User | None = User.get_or_none(User.username == username)
+    if user is None:
+        raise NotFoundError(f"no user named {username!r}")
+    return user
 
 
 def add_user(username: str, password: str, *, role: str = "admin") -> User:

@@ -175,7 +175,7 @@ def _attribute_of(exc: BaseException, config_class: type) -> str:
         return name
     for field in attrs.fields(config_class):
         if f"'{field.name}'" in str(exc):
-            return field.name
+            return str(field.name)
     return "(settings)"
 
 

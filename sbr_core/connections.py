@@ -55,13 +55,14 @@ def save(kind: ProviderKind, name: str, plugin: str, values: dict[str, Any], *,
     merged = dict(values)
     if existing is not None:
         kept = box.open(existing.secrets)
-        for secret in secret_field_names(cls.Config):
-            if not merged.get(secret) and secret in kept:
-                merged[secret] = kept[secret]
+        for field_name in secret_field_names(cls.Config):
+            if not merged.get(field_name) and field_name in kept:
+                merged[field_name] = kept[field_name]
     config = structure_config(cls.Config, merged, subject=_subject(kind, name))
-    plain, secret = split_secrets(config)
-    fields = {"plugin": plugin, "settings": plain, "secrets": box.seal(secret) if secret else "",
-              "updated_at": utcnow()}
+    plain, secrets = split_secrets(config)
+    fields: dict[str, Any] = {"plugin": plugin, "settings": plain,
+                              "secrets": box.seal(secrets) if secrets else "",
+                              "updated_at": utcnow()}
     if kind is not ProviderKind.DESTINATION:
         fields["kind"] = kind.value
     if existing is None:
@@ -77,7 +78,7 @@ def get(kind: ProviderKind, name: str) -> Row:
     """The stored entry; NotFoundError names what is missing."""
     table = _table(kind)
     row = table.get_or_none(table.name == name)
-    if row is None or (kind is not ProviderKind.DESTINATION and row.kind != kind.value):
+    if row is None or getattr(row, "kind", kind.value) != kind.value:
         raise NotFoundError(f"no {kind.value} named {name!r}")
     return row
 

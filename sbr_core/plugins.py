@@ -194,6 +194,11 @@ class PluginHost:
             except Exception as exc:
                 self._fail(impl.plugin_name, f"{hook_name} failed: {_reason(exc)}")
                 continue
+            # Callers iterate the value: anything but a list would break them, not the plugin.
+            if value is not None and not isinstance(value, (list, tuple)):
+                self._fail(impl.plugin_name,
+                           f"{hook_name} returned {type(value).__name__}, not a list")
+                continue
             results.append((impl.plugin_name, value))
         return results
 
@@ -202,10 +207,13 @@ class PluginHost:
         return loaded is not None and bool(loaded.failure)
 
     def _fail(self, plugin_name: str, reason: str) -> None:
+        """Mark a plugin unavailable and take it out of every hook (steps, events too)."""
         log.warning("plugin %r is unavailable: %s", plugin_name, reason)
         loaded = self._loaded.get(plugin_name)
         if loaded is not None and not loaded.failure:
             loaded.failure = reason
+        if self._pm.get_plugin(plugin_name) is not None:
+            self._pm.unregister(name=plugin_name)
 
     def _collect_providers(self) -> dict[ProviderKind, dict[str, type[Provider]]]:
         if self._providers is not None:
@@ -269,9 +277,9 @@ class PluginHost:
         if self._steps is None:
             steps: dict[str, type[WorkflowStep]] = {}
             for plugin_name, classes in self._call_each("sbr_register_workflow_steps"):
-                bad = [c for c in classes or () if not _is_subclass(c, WorkflowStep)]
-                if bad:
-                    self._fail(plugin_name, f"returned {bad[0]!r}, not a WorkflowStep subclass")
+                problem = _check_steps(classes or (), steps)
+                if problem:
+                    self._fail(plugin_name, problem)
                     continue
                 steps.update({cls.name: cls for cls in classes or ()})
             self._steps = steps
@@ -350,7 +358,7 @@ class PluginHost:
         raise NotFoundError(f"no plugin named {name!r} is installed (installed: {known})")
 
     def _kinds_of(self, plugin_name: str) -> tuple[str, ...]:
-        plugin = self._pm.get_plugin(plugin_name)
+        plugin = self._loaded[plugin_name].module
         if plugin is None:
             return ()
         kinds = {_HOOK_KINDS[impl_name] for impl_name in _HOOK_KINDS
@@ -360,6 +368,21 @@ class PluginHost:
 
 def _is_subclass(value: object, base: type) -> bool:
     return isinstance(value, type) and issubclass(value, base)
+
+
+def _check_steps(classes: Any, known: dict[str, type[WorkflowStep]]) -> str:
+    """Why registered workflow steps are unusable, or '' when they are fine."""
+    names: set[str] = set()
+    for cls in classes:
+        if not _is_subclass(cls, WorkflowStep):
+            return f"returned {cls!r}, not a WorkflowStep subclass"
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not _NAME.match(name):
+            return f"workflow step {cls.__name__} has no valid name (lower-case letters, digits, -)"
+        if name in known or name in names:
+            return f"workflow step {name!r} is already registered"
+        names.add(name)
+    return ""
 
 
 def _check_classes(classes: Any, base: type, kind: ProviderKind) -> str:

@@ -24,16 +24,26 @@ _NONCE_BYTES = 12
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """Read the server key, creating it (0600) if it does not exist yet."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_key(path)
-    try:
-        os.write(fd, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Read the server key, creating it (0600) if it does not exist yet.
+
+    The new key is written whole to a temp file and linked into place, so a crash never
+    leaves a truncated key file, and two processes starting at once agree on one key.
+    """
+    if not path.exists():
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # fails if another process made the key first: use theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temp)
     return _read_key(path)
 
 

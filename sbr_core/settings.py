@@ -140,7 +140,7 @@ def settings_of(config_class: type) -> list[SettingInfo]:
         meta = field.metadata.get(_KEY, {})
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[attr-defined]
+            default = default.factory()
         required = default is attrs.NOTHING
         tp = hints.get(field.name, field.type)
         secret = bool(meta.get("secret")) or tp is Secret

@@ -40,7 +40,7 @@ _MAX_FAILURES = 5
 _FAILURE_WINDOW_S = 300.0
 
 
-class WebUser(flask_login.UserMixin):  # type: ignore[misc]
+class WebUser(flask_login.UserMixin):
     """The logged-in user as the web app sees it."""
 
     def __init__(self, row: User) -> None:
@@ -146,8 +146,8 @@ def login() -> Any:
     """The login form (and ``POST`` JSON ``{username, password}`` for scripts)."""
     if request.method == "GET":
         return render_template("login.html", next=request.args.get("next", ""))
-    data = request.get_json(silent=True) if request.is_json else request.form
-    data = data if isinstance(data, dict) or hasattr(data, "get") else {}
+    sent = request.get_json(silent=True) if request.is_json else request.form
+    data: Any = sent if isinstance(sent, dict) or hasattr(sent, "get") else {}
     username = str(data.get("username", "")).strip()
     password = str(data.get("password", ""))
     address = request.remote_addr or ""

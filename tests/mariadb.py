@@ -59,7 +59,7 @@ class PrivateMariaDB:
              "--auth-root-authentication-method=normal", "--skip-test-db", *as_root],
             check=True, capture_output=True, timeout=180,
         )
-        log = open(self.base / "mariadbd.log", "wb")  # noqa: SIM115 - lives with the process
+        log = open(self.base / "mariadbd.log", "wb")
         self.process = subprocess.Popen(
             [_find("mariadbd"), "--no-defaults", f"--datadir={self.datadir}",
              f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",

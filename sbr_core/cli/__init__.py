@@ -39,17 +39,17 @@ class SbrGroup(click.Group):
         return super().get_command(ctx, cmd_name) or _plugin_commands().get(cmd_name)
 
 
-_plugin_command_cache: dict[str, click.Command] | None = None
+_plugin_command_cache: tuple[object, dict[str, click.Command]] | None = None
 
 
 def _plugin_commands() -> dict[str, click.Command]:
     """Commands from ``sbr_register_commands``; a name clash marks the plugin, not the CLI."""
     global _plugin_command_cache
-    if _plugin_command_cache is None:
-        from sbr_core.cli.context import plugin_host
+    from sbr_core.cli.context import plugin_host
 
+    host = plugin_host()
+    if _plugin_command_cache is None or _plugin_command_cache[0] is not host:
         found: dict[str, click.Command] = {}
-        host = plugin_host()
         for plugin_name, command in host.commands():
             name = getattr(command, "name", None)
             if not isinstance(command, click.Command) or not name:
@@ -58,8 +58,8 @@ def _plugin_commands() -> dict[str, click.Command]:
                 host.mark_unavailable(plugin_name, f"command name {name!r} is already taken")
             else:
                 found[name] = command
-        _plugin_command_cache = found
-    return _plugin_command_cache
+        _plugin_command_cache = (host, found)
+    return _plugin_command_cache[1]
 
 
 @click.group(cls=SbrGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
 
@@ -12,7 +14,7 @@ from sbr_core.errors import DatabaseError
 __all__ = ["DatabaseURL", "close_database", "open_database", "parse_database_url"]
 
 
-class _ReconnectingMySQL(ReconnectMixin, pw.MySQLDatabase):  # type: ignore[misc]
+class _ReconnectingMySQL(ReconnectMixin, pw.MySQLDatabase):
     """MariaDB connection that reconnects once after the server dropped it (wait_timeout)."""
 
 
@@ -66,7 +68,7 @@ def _sqlite(url: DatabaseURL) -> pw.Database:
 
 
 def _mysql(url: DatabaseURL) -> pw.Database:
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "user": url.user,
         "password": url.password,
         "charset": url.options.get("charset", "utf8mb4"),

@@ -22,6 +22,8 @@ def utcnow() -> dt.datetime:
 
 
 class BaseModel(pw.Model):
+    id = pw.AutoField()
+
     class Meta:
         database = database_proxy
         legacy_table_names = False
@@ -52,6 +54,7 @@ class User(BaseModel):
     username = pw.CharField(max_length=150, unique=True)
     password_hash = pw.CharField(max_length=255)
     role = pw.ForeignKeyField(Role)
+    role_id: int
     active = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)
     last_login_at = pw.DateTimeField(null=True)

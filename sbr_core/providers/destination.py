@@ -35,7 +35,7 @@ def check_key(key: str) -> str:
         raise UsageError("object key must be a non-empty string")
     parts = key.split("/")
     for part in parts:
-        if not _KEY_PART.match(part):
+        if not _KEY_PART.fullmatch(part):
             raise UsageError(
                 f"object key {key!r} is invalid: each '/'-separated part must be letters, "
                 "digits and ._- and must not start with '.' or '-'"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 
-from sbr_core.models import Disk, Extent, ExportRequest, Instance
+from sbr_core.models import Disk, ExportRequest, Extent, Instance
 from sbr_core.providers.base import Provider, ProviderKind
 
 

@@ -17,6 +17,7 @@ from sbr_core.errors import (
     DestinationReadOnly,
     DestinationUnavailable,
     ObjectNotFound,
+    UsageError,
 )
 from sbr_core.providers.destination import Destination, ObjectInfo, check_key, check_prefix
 from sbr_core.settings import setting
@@ -111,6 +112,9 @@ class FilesystemDestination(Destination):
             if self.config.fsync:
                 for directory in [target.parent, *created]:
                     _fsync_dir(directory)
+        except _SourceError as failed:
+            _unlink_quietly(temp)
+            raise failed.error from None
         except OSError as exc:
             _unlink_quietly(temp)
             self._raise(exc, f"cannot store {key!r}")
@@ -139,7 +143,13 @@ class FilesystemDestination(Destination):
             while view:
                 view = view[os.write(fd, view):]
             return
-        while block := data.read(_COPY_BLOCK):
+        while True:
+            try:
+                block = data.read(_COPY_BLOCK)
+            except OSError as exc:
+                raise _SourceError(exc) from exc
+            if not block:
+                break
             view = memoryview(block)
             while view:
                 view = view[os.write(fd, view):]
@@ -173,14 +183,20 @@ class FilesystemDestination(Destination):
         except (FileNotFoundError, NotADirectoryError):
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            # Temp files of unfinished writes start with '.'; names that cannot be keys
+            # (lost+found on a disk's root, an admin's notes~) are not objects, and descending
+            # into lost+found would fail with EACCES for a node that does not run as root.
+            if not _is_key_part(entry.name):
                 continue
             key = Path(entry.path).relative_to(root).as_posix()
             if entry.is_dir(follow_symlinks=False):
                 if key.startswith(prefix) or prefix.startswith(key + "/"):
                     yield from self._walk(root, Path(entry.path), prefix)
             elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted by another node since scandir: not an object any more
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
@@ -190,8 +206,8 @@ class FilesystemDestination(Destination):
             path.unlink()
             if self.config.fsync:
                 _fsync_dir(path.parent)
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no such object (NotADirectory: a parent part of the key is an object)
         except OSError as exc:
             self._raise(exc, f"cannot delete {key!r}")
 
@@ -218,6 +234,23 @@ class FilesystemDestination(Destination):
                                        "read back differently")
         finally:
             self.delete(probe)
+
+
+class _SourceError(Exception):
+    """The caller's stream failed to read: its OSError is not the destination's to translate
+    (an EIO of the disk being backed up must not read as "destination unavailable")."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _is_key_part(name: str) -> bool:
+    try:
+        check_key(name)
+    except UsageError:
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

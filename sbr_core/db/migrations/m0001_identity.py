@@ -60,9 +60,9 @@ def apply(db: pw.Database) -> None:
         "detail": pw.TextField(null=True),
         "remote_addr": pw.CharField(max_length=64, default=""),
     })
-    perm_ids = {name: permission.create(name=name, description=text).id
+    perm_ids = {name: permission.create(name=name, description=text).get_id()
                 for name, text in PERMISSIONS.items()}
     for name, (text, granted) in ROLES.items():
-        role_id = role.create(name=name, description=text).id
+        role_id = role.create(name=name, description=text).get_id()
         for perm in granted:
             role_permission.create(role=role_id, permission=perm_ids[perm])

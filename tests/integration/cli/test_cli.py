@@ -120,9 +120,10 @@ def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stderr.read() if process.stderr else ''}")
+            output = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"server exited: {output}")
         try:
-            urllib.request.urlopen(url, timeout=2).close()
+            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - http on loopback
             return
         except OSError:
             time.sleep(0.2)
@@ -130,7 +131,7 @@ def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def running_server(sbr_env: dict[str, str]):  # noqa: ANN201
+def running_server(sbr_env: dict[str, str]):
     port = _free_port()
     process = subprocess.Popen([*SBR, "server", "--port", str(port)], env=sbr_env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -50,7 +50,7 @@ def _fill_version_1(db: pw.Database) -> dict[str, int]:
         db.execute_sql(
             "INSERT INTO audit_log (at, username, action, target, detail, remote_addr) "
             "VALUES (%s, %s, %s, %s, %s, %s)".replace("%s", "%s" if _mysql(db) else "?"),
-            (now, f"user{i}", "login", "", '{"n": %d}' % i, "127.0.0.1"))
+            (now, f"user{i}", "login", "", f'{{"n": {i}}}', "127.0.0.1"))
     return {table: _count(db, table)
             for table in ("role", "permission", "role_permission", "user", "audit_log")}
 

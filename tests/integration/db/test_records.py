@@ -89,7 +89,7 @@ def test_bad_user_input_names_what_is_wrong(database: pw.Database) -> None:
         accounts.add_user("bob", "long enough")
     with pytest.raises(UsageError, match="at least 8"):
         accounts.add_user("carol", "short")
-    with pytest.raises(NotFoundError, match="no role named 'chief'.*admin"):
+    with pytest.raises(NotFoundError, match=r"no role named 'chief'.*admin"):
         accounts.add_user("carol", "long enough", role="chief")
     with pytest.raises(UsageError, match="invalid"):
         accounts.add_user("bad name!", "long enough")

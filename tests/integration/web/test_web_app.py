@@ -36,7 +36,7 @@ def _csrf(client: FlaskClient, path: str = "/login") -> str:
     return found.group(1)
 
 
-def login(client: FlaskClient, username: str, password: str = PASSWORD, **extra: str):  # noqa: ANN201
+def login(client: FlaskClient, username: str, password: str = PASSWORD, **extra: str):
     token = _csrf(client)
     return client.post("/login", data={"username": username, "password": password,
                                        "csrf_token": token, **extra})
@@ -74,7 +74,7 @@ def test_wrong_password_is_refused_with_a_message_and_audited(app: Flask) -> Non
 
 def test_repeated_failures_are_throttled(app: Flask) -> None:
     client = app.test_client()
-    codes = [login(client, "ops", "guess %d" % i).status_code for i in range(6)]
+    codes = [login(client, "ops", f"guess {i}").status_code for i in range(6)]
     assert codes[:5] == [401] * 5 and codes[5] == 429
     assert login(client, "ops").status_code == 429  # even the right password, for a while
 

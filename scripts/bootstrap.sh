@@ -1,0 +1,36 @@
+# Sourced by scripts/serve and scripts/test: system packages and the project's virtualenv.
+# Works on a fresh Debian 12 as root; installs only what is missing.
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${SBR_VENV:-$ROOT/.venv}
+
+# apt_install PKG...: install the Debian packages that are not installed yet.
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "sbr: these Debian packages are needed; run as root or install them: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "sbr: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# make_venv EXTRAS: create the virtualenv if needed and install SBR (editable) with EXTRAS.
+make_venv() {
+    local python=${PYTHON:-python3}
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "sbr: Python 3.11 or newer is needed ($python is $("$python" --version 2>&1))" >&2
+        exit 1
+    fi
+    [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$1"
+}
+
+BASE_PACKAGES=(python3 python3-venv python3-dev gcc ca-certificates)
