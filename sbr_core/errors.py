@@ -42,7 +42,23 @@ class PluginError(SbrError):
 
 
 class ProviderError(SbrError):
-    """A platform (hypervisor, application, storage) failed; raised by plugins at their boundary."""
+    """A platform (hypervisor, application, storage) failed; raised by plugins at their boundary.
+
+    ``retryable`` says that the same call may succeed later (throttling, a busy server, a
+    dropped connection); ``retry_after`` is the platform's own hint in seconds, when it gave one
+    (Graph's Retry-After). The task engine retries only retryable errors.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ItemUnavailable(ProviderError):
+    """One item could not be exported or restored (deleted meanwhile, too large, locked);
+    the rest of the instance goes on and the item is reported as skipped."""
 
 
 class DestinationError(ProviderError):
@@ -63,6 +79,18 @@ class DestinationReadOnly(DestinationError):
 
 class ObjectNotFound(DestinationError):
     """No object exists under the requested key."""
+
+
+class ObjectExists(DestinationError):
+    """``put(..., if_absent=True)`` found an object under that key; nothing was written."""
+
+
+class DestinationRetentionLocked(DestinationError):
+    """The destination refuses to delete an object before its retention period ends."""
+
+
+class TaskCancelled(SbrError):
+    """The task was cancelled; raised by :meth:`Operation.check` at a safe point."""
 
 
 class DatabaseError(SbrError):

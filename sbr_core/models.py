@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 import attrs
+
+from sbr_core.operation import Operation
 
 
 class InstanceState(enum.Enum):
@@ -105,14 +108,19 @@ class EntryKind(enum.Enum):
 class Entry:
     """One node of an item tree produced by a storage or application export.
 
-    ``path`` is ``/``-separated and relative to the instance root. ``open`` returns a fresh
+    ``item_id`` identifies the entry for its whole life, across renames and moves (a Graph
+    object id, an inode number for file shares); ``parent_id`` is its container's id, so a
+    renamed folder does not have to re-send its children. ``path`` is ``/``-separated and
+    relative to the instance root, as the platform names it now. ``open`` returns a fresh
     binary stream of the content (files and items); it is ``None`` for directories and links.
     ``metadata`` holds what a platform needs to restore the entry faithfully (mail headers,
-    Graph ids, ACLs).
+    ACLs).
     """
 
     path: str
     kind: EntryKind
+    item_id: str = ""
+    parent_id: str = ""
     size: int = 0
     mtime_ns: int = 0
     mode: int = 0
@@ -140,9 +148,24 @@ class BackupPoint:
 
 @attrs.frozen
 class ExportRequest:
-    """Ask a plugin to export one instance: fully, or changes since ``previous``."""
+    """Ask a plugin to export one instance: fully, or changes since ``previous``.
+
+    ``disks`` limits a VM export to these disk keys (``None``: all). ``options`` holds the
+    policy's plugin-specific choices (vSphere transport, libvirt push or pull), validated
+    against the plugin's ``ExportOptions`` class. ``retained_points`` are every backup point of
+    this instance still kept, by any policy, so a plugin never deletes platform state (a
+    libvirt checkpoint) that another chain still needs. ``consistency_point``, when set, is a
+    context manager factory the plugin enters exactly around taking its snapshot or
+    checkpoint: plugin workflow steps freeze applications inside it.
+    """
 
     instance: Instance
     previous: BackupPoint | None = None
     full: bool = False
     quiesce: bool = True
+    disks: tuple[str, ...] | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    retained_points: tuple[BackupPoint, ...] = ()
+    consistency_point: Callable[[], AbstractContextManager[None]] | None = attrs.field(
+        default=None, eq=False, repr=False)
+    op: Operation = attrs.field(factory=Operation, eq=False, repr=False)

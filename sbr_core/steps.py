@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import attrs
 
 from sbr_core.models import Instance
+from sbr_core.operation import Operation
 
 
 @attrs.frozen
@@ -18,14 +19,22 @@ class StepContext:
 
     ``workflow`` is ``backup``, ``restore``, ``restore-import``, ``mount`` or ``snapshot``;
     ``step`` the core step's name (``export``, ``store``, ``restore``, ``import``, ``mount``,
-    ``snapshot``) or a plugin step's name.
+    ``snapshot``) or a plugin step's name. ``attempt`` counts from 1 on each retry of the task;
+    ``results`` holds what earlier steps of this workflow reported (e.g. the backup id).
+    ``error`` is set for steps that run after a failure (``always_run``).
     """
 
     workflow: str
     step: str
     task_id: int
+    workflow_id: int = 0
+    attempt: int = 1
+    node_name: str = ""
     instance: Instance | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    results: Mapping[str, Any] = attrs.field(factory=dict)
+    error: str = ""
+    op: Operation = attrs.field(factory=Operation, eq=False, repr=False)
     logger: logging.Logger = attrs.field(factory=lambda: logging.getLogger("sbr.task"))
 
 
@@ -47,6 +56,8 @@ class WorkflowStep(abc.ABC):
     workflows: ClassVar[tuple[str, ...]]
     position: ClassVar[str]  # "before" or "after"
     anchor: ClassVar[str]  # the core step it stands next to
+    #: Run even when an earlier step failed (a thaw after a freeze, a cleanup command).
+    always_run: ClassVar[bool] = False
 
     @abc.abstractmethod
     def run(self, context: StepContext) -> StepResult:

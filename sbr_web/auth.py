@@ -145,7 +145,7 @@ def _safe_next(target: str | None) -> str:
 def login() -> Any:
     """The login form (and ``POST`` JSON ``{username, password}`` for scripts)."""
     if request.method == "GET":
-        return render_template("login.html", next=request.args.get("next", ""))
+        return render_template("login.html", next=request.args.get("next", ""), username="")
     sent = request.get_json(silent=True) if request.is_json else request.form
     data: Any = sent if isinstance(sent, dict) or hasattr(sent, "get") else {}
     username = str(data.get("username", "")).strip()
@@ -172,7 +172,8 @@ def _login_failed(message: str, status: int) -> Any:
     if request.is_json:
         return jsonify(error=message), status
     flash(message, "error")
-    return render_template("login.html", next=request.form.get("next", "")), status
+    return render_template("login.html", next=request.form.get("next", ""),
+                           username=request.form.get("username", "")), status
 
 
 @blueprint.route("/logout", methods=["POST"])

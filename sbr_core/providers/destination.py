@@ -2,14 +2,17 @@
 
 Keys are ``/``-separated relative names made of letters, digits and ``._-``
 (e.g. ``packs/ab/ab12….pack``). Every write is atomic: a reader sees the whole object or
-none of it, whatever happens to the writer.
+none of it, whatever happens to the writer. The repository writes each data key once
+(content-addressed) and uses ``if_absent`` where it needs an atomic create (locks), so
+destinations that cannot overwrite in place (archives such as IBM Spectrum Protect) fit.
 """
 
 from __future__ import annotations
 
 import abc
+import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO, ClassVar
 
 import attrs
@@ -27,6 +30,24 @@ class ObjectInfo:
     key: str
     size: int
     mtime: float
+
+
+@attrs.frozen
+class DestinationCapabilities:
+    """What a destination can do cheaply; the repository plans pack sizes and reads by it.
+
+    ``ranged_read``: ``get(offset, length)`` transfers only that range (false for archives
+    that retrieve whole objects). ``atomic_overwrite``: a put over an existing key replaces it
+    atomically. ``early_delete``: objects may be deleted before a retention period ends.
+    ``high_latency``: each call may wait for a tape or a remote archive, so batch reads with
+    :meth:`Destination.get_many` and cache indexes locally.
+    """
+
+    ranged_read: bool = True
+    atomic_overwrite: bool = True
+    early_delete: bool = True
+    high_latency: bool = False
+    preferred_object_size: int = 16 * 2**20
 
 
 def check_key(key: str) -> str:
@@ -54,18 +75,34 @@ class Destination(Provider):
     """Where backups are kept. The repository format sits on top of these five calls."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.DESTINATION
+    capabilities: ClassVar[DestinationCapabilities] = DestinationCapabilities()
 
     @abc.abstractmethod
-    def put(self, key: str, data: bytes | BinaryIO) -> None:
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
         """Store an object atomically, replacing any object of that key.
 
-        ``data`` is bytes or a binary stream read to its end (large packs stream).
-        Raises DestinationFull (nothing stored), DestinationReadOnly, DestinationUnavailable.
+        ``data`` is bytes or a binary stream read to its end (large packs stream). With
+        ``if_absent`` the put succeeds only if no object has that key, atomically, and raises
+        ObjectExists otherwise. Raises DestinationFull (nothing stored), DestinationReadOnly,
+        DestinationUnavailable.
         """
 
     @abc.abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read an object, or ``length`` bytes of it from ``offset``. Raises ObjectNotFound."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A stream of a whole object, for reading large objects in bounded memory.
+
+        The default reads the object with :meth:`get`; destinations that can stream override.
+        """
+        return io.BytesIO(self.get(key))
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Read several whole objects, in any order; archives override it to fetch them in
+        one request. Raises ObjectNotFound for a missing one."""
+        for key in keys:
+            yield key, self.get(key)
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -73,7 +110,8 @@ class Destination(Provider):
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
-        """Remove an object; removing one that does not exist is not an error."""
+        """Remove an object; removing one that does not exist is not an error. Raises
+        DestinationRetentionLocked when the destination keeps it until a retention date."""
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:

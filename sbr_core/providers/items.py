@@ -1,8 +1,12 @@
 """Item-based providers: storage (file shares, NAS) and applications (Microsoft 365, databases).
 
-Both export an instance as a tree of :class:`~sbr_core.models.Entry` values with content
-streams, which the repository chunks and deduplicates, and both restore such a tree to the
+Both export an instance as a stream of :class:`~sbr_core.models.Entry` values with content
+streams, which the repository chunks and deduplicates, and both restore such entries to the
 original instance or elsewhere.
+
+The stream follows change feeds such as Graph's delta queries: entries are identified by
+``item_id``; they come in no promised order (a child may come before its renamed parent);
+when an id appears more than once, the last occurrence wins; removals are reported by id.
 """
 
 from __future__ import annotations
@@ -15,25 +19,50 @@ from typing import Any, ClassVar, Protocol
 import attrs
 
 from sbr_core.models import Entry, ExportRequest, Instance
+from sbr_core.operation import Operation
 from sbr_core.providers.base import Provider, ProviderKind
 
 
 class ItemExport(Protocol):
-    """An export in progress: the entries, and what to remember for the next one."""
+    """An export in progress: the entries, and what to remember for the next one.
+
+    ``full`` is true when everything is listed (a first export, or an expired change token —
+    Graph answers 410 to a stale deltaLink) and ``reason`` says why.
+    """
+
+    full: bool
+    reason: str
 
     def entries(self) -> Iterator[Entry]:
-        """Entries in depth-first order, parents before children. For an incremental, the
-        plugin may yield only what changed when it also lists what was removed."""
+        """Entries new or changed since the previous export (all of them for a full one).
+        An entry that cannot be read raises ItemUnavailable from its ``open()``: the core
+        records it as skipped and goes on."""
         ...
 
     def removed(self) -> Iterator[str]:
-        """Paths removed since the previous export (empty for a full one)."""
+        """Ids of entries removed since the previous export (empty for a full one)."""
         ...
 
     @property
     def platform_state(self) -> Mapping[str, Any]:
-        """Handed back on the next export (Graph delta links, a change journal position)."""
+        """Handed back on the next export (deltaLinks per folder, a change journal position).
+        Read only after ``entries()`` and ``removed()`` are exhausted."""
         ...
+
+
+@attrs.frozen
+class RestoreOutcome:
+    """What became of one entry in a restore: ``restored``, ``skipped`` or ``failed``.
+
+    ``new_id`` is the id the platform gave the restored item; ``message`` says why it was
+    skipped or failed.
+    """
+
+    item_id: str
+    path: str
+    status: str
+    new_id: str = ""
+    message: str = ""
 
 
 @attrs.frozen
@@ -41,17 +70,23 @@ class ItemRestoreRequest:
     """Restore entries to ``target`` (the original instance or another one).
 
     ``destination_path`` restores below another folder of the target; ``conflict`` is
-    ``"skip"``, ``"overwrite"`` or ``"rename"`` for an entry that already exists.
+    ``"skip"``, ``"overwrite"`` or ``"rename"`` for an entry that already exists. ``options``
+    are plugin-specific (restore mail as unread, keep permissions).
     """
 
     target: Instance
     entries: Iterable[Entry]
     destination_path: str = ""
     conflict: str = "rename"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    op: Operation = attrs.field(factory=Operation, eq=False, repr=False)
 
 
 class ItemProvider(Provider):
     """Shared shape of storage and application providers."""
+
+    #: attrs class of the per-policy export choices this plugin accepts.
+    ExportOptions: ClassVar[type[Any] | None] = None
 
     @abc.abstractmethod
     def inventory(self) -> Iterable[Instance]:
@@ -62,8 +97,9 @@ class ItemProvider(Provider):
         """Start an export; leaving the context releases whatever it held open."""
 
     @abc.abstractmethod
-    def restore(self, request: ItemRestoreRequest) -> None:
-        """Write entries back to the platform."""
+    def restore(self, request: ItemRestoreRequest) -> Iterator[RestoreOutcome]:
+        """Write entries back to the platform, yielding one outcome per entry; one entry
+        failing never stops the others."""
 
 
 class StorageProvider(ItemProvider):

@@ -16,6 +16,7 @@ from sbr_core.errors import (
     DestinationFull,
     DestinationReadOnly,
     DestinationUnavailable,
+    ObjectExists,
     ObjectNotFound,
     UsageError,
 )
@@ -95,8 +96,9 @@ class FilesystemDestination(Destination):
 
     # --- the object interface -------------------------------------------------------------
 
-    def put(self, key: str, data: bytes | BinaryIO) -> None:
-        """Write to a temp file beside the target, flush it, then rename it into place."""
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        """Write to a temp file beside the target, flush it, then rename it into place; with
+        ``if_absent``, hard-link it into place instead, which fails if the key exists."""
         target = self._path(key)
         temp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
@@ -108,7 +110,10 @@ class FilesystemDestination(Destination):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, target)
+            if if_absent:
+                self._link_new(temp, target, key)
+            else:
+                os.replace(temp, target)
             if self.config.fsync:
                 for directory in [target.parent, *created]:
                     _fsync_dir(directory)
@@ -121,6 +126,22 @@ class FilesystemDestination(Destination):
         except BaseException:
             _unlink_quietly(temp)
             raise
+
+    def _link_new(self, temp: Path, target: Path, key: str) -> None:
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            raise ObjectExists(f"destination {self.context.name!r}: object {key!r} already "
+                               "exists") from None
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise DestinationError(
+                    f"destination {self.context.name!r}: {self.config.path} cannot create "
+                    "files atomically (no hard links); use a share that supports them"
+                ) from exc
+            raise
+        finally:
+            _unlink_quietly(temp)
 
     def _make_parents(self, directory: Path) -> list[Path]:
         """Create missing directories; return the parents whose entries changed (to fsync)."""
@@ -163,6 +184,18 @@ class FilesystemDestination(Destination):
                     handle.seek(offset)
                 return handle.read() if length is None else handle.read(length)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"destination {self.context.name!r}: no object {key!r}") from None
+        except OSError as exc:
+            self._raise(exc, f"cannot read {key!r}")
+
+    def open(self, key: str) -> BinaryIO:
+        """The object's file, opened for reading (streams large packs in bounded memory)."""
+        path = self._path(key)
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            return open(path, "rb")  # the caller closes it
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"destination {self.context.name!r}: no object {key!r}") from None
         except OSError as exc:
             self._raise(exc, f"cannot read {key!r}")

@@ -28,6 +28,7 @@ from sbr_core.errors import (
     DestinationFull,
     DestinationReadOnly,
     DestinationUnavailable,
+    ObjectExists,
     ObjectNotFound,
     UsageError,
 )
@@ -40,6 +41,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS objects (
     data BLOB NOT NULL,
     mtime REAL NOT NULL
 )"""
+_INSERT_NEW = "INSERT INTO objects (key, data, mtime) VALUES (?, ?, ?)"
 _UPSERT = """INSERT INTO objects (key, data, mtime) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET data = excluded.data, mtime = excluded.mtime"""
 # Valid keys are ASCII below 0x7f, so every key starting with P sorts in [P, P + "\x7f"):
@@ -199,13 +201,20 @@ class SqliteFileDestination(Destination):
 
     # --- the object interface -------------------------------------------------------------
 
-    def put(self, key: str, data: bytes | BinaryIO) -> None:
-        """Store the object in one transaction, replacing any object of that key."""
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        """Store the object in one transaction, replacing any object of that key (or, with
+        ``if_absent``, only if there is none: the primary key makes that atomic)."""
         check_key(key)
         with self._lock:
             limit = self._connection().getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         payload = self._read_all(key, data, limit)
-        self._write(_UPSERT, (key, payload, time.time()), f"cannot store {key!r}")
+        try:
+            self._write(_INSERT_NEW if if_absent else _UPSERT, (key, payload, time.time()),
+                        f"cannot store {key!r}")
+        except DestinationError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise ObjectExists(f"{self._where()}: object {key!r} already exists") from None
+            raise
 
     def _read_all(self, key: str, data: bytes | BinaryIO, limit: int) -> bytes:
         """The object's bytes, refusing (before reading further) one above ``limit``."""

@@ -155,6 +155,15 @@ def test_negative_range_is_refused(destination: Any) -> None:
         destination.get("data", length=-1)
 
 
+def test_put_if_absent_refuses_an_existing_key(destination: Any) -> None:
+    from sbr_core.errors import ObjectExists
+
+    destination.put("locks/gc", b"first", if_absent=True)
+    with pytest.raises(ObjectExists, match="'locks/gc' already exists"):
+        destination.put("locks/gc", b"second", if_absent=True)
+    assert destination.get("locks/gc") == b"first"
+
+
 def test_put_replaces_an_existing_object(destination: Any) -> None:
     destination.put("index/latest", b"old and longer")
     destination.put("index/latest", b"new")

@@ -559,3 +559,48 @@ def test_concurrent_writers_leave_every_read_with_one_complete_version(
     assert keys(destination) == sorted(
         ["shared", *(f"own/w{w}/object" for w in (*THREAD_WRITERS, *PROCESS_WRITERS))])
     assert temp_files(root) == []
+
+
+# --- atomic create and streaming reads ---------------------------------------------------------
+
+
+def test_put_if_absent_creates_once_and_refuses_an_existing_key(
+        destination: FilesystemDestination, root: Path) -> None:
+    from sbr_core.errors import ObjectExists
+
+    destination.put("locks/gc", b"node-a", if_absent=True)
+    with pytest.raises(ObjectExists, match="'locks/gc' already exists"):
+        destination.put("locks/gc", b"node-b", if_absent=True)
+    assert destination.get("locks/gc") == b"node-a"
+    assert not [p for p in (root / "locks").iterdir() if p.name.startswith(".sbr-tmp-")]
+
+
+def test_put_if_absent_lets_exactly_one_of_many_racing_writers_win(
+        destination: FilesystemDestination) -> None:
+    from sbr_core.errors import ObjectExists
+
+    def attempt(n: int) -> bool:
+        try:
+            destination.put("locks/exclusive", f"writer-{n}".encode(), if_absent=True)
+        except ObjectExists:
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        wins = list(pool.map(attempt, range(32)))
+    assert wins.count(True) == 1
+    winner = wins.index(True)
+    assert destination.get("locks/exclusive") == f"writer-{winner}".encode()
+
+
+def test_open_streams_an_object_and_names_a_missing_one(
+        destination: FilesystemDestination) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    destination.put("packs/big", payload)
+    with destination.open("packs/big") as stream:
+        assert stream.read(10) == payload[:10]
+        assert stream.read() == payload[10:]
+    with pytest.raises(ObjectNotFound, match="no object 'packs/missing'"):
+        destination.open("packs/missing")
+    with pytest.raises(ObjectNotFound):
+        destination.open("packs")  # a directory is not an object

@@ -67,7 +67,9 @@ def test_wrong_password_is_refused_with_a_message_and_audited(app: Flask) -> Non
     client = app.test_client()
     response = login(client, "root", "not the password")
     assert response.status_code == 401
-    assert "wrong user name or password" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "wrong user name or password" in page
+    assert 'name="username" autocomplete="username" value="root"' in page
     assert client.get("/api/v1/me").status_code == 401
     assert AuditLog.select().where(AuditLog.action == "login.failed").count() == 1
 
