@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import io
 import json
 import re
 import shutil
 import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +31,7 @@ from sbr_core.errors import (
 )
 from sbr_core.providers.base import ProviderContext
 from sbr_core.settings import settings_of
+from tests.destination_contract import DestinationContract
 from tests.plugin_installs import pip_install, plugins_json, require_build_tools, run_sbr
 
 REPO = Path(__file__).resolve().parents[3]
@@ -126,26 +125,6 @@ def destination(example: ModuleType, tmp_path: Path) -> Iterator[Any]:
     dest.close()
 
 
-def test_put_then_get_returns_the_same_bytes(destination: Any) -> None:
-    destination.put("packs/ab/one.pack", b"first object")
-    destination.put("packs/ab/two.pack", io.BytesIO(b"from a stream" * 1000))
-    destination.put("empty", b"")
-
-    assert destination.get("packs/ab/one.pack") == b"first object"
-    assert destination.get("packs/ab/two.pack") == b"from a stream" * 1000
-    assert destination.get("empty") == b""
-
-
-def test_get_reads_only_the_requested_range(destination: Any) -> None:
-    destination.put("data", bytes(range(256)))
-
-    assert destination.get("data", offset=10, length=5) == bytes(range(10, 15))
-    assert destination.get("data", offset=250) == bytes(range(250, 256))
-    assert destination.get("data", offset=254, length=10) == bytes([254, 255])
-    assert destination.get("data", offset=300) == b""
-    assert destination.get("data", offset=3, length=0) == b""
-
-
 def test_negative_range_is_refused(destination: Any) -> None:
     destination.put("data", b"abc")
 
@@ -153,39 +132,6 @@ def test_negative_range_is_refused(destination: Any) -> None:
         destination.get("data", offset=-1)
     with pytest.raises(UsageError):
         destination.get("data", length=-1)
-
-
-def test_put_if_absent_refuses_an_existing_key(destination: Any) -> None:
-    from sbr_core.errors import ObjectExists
-
-    destination.put("locks/gc", b"first", if_absent=True)
-    with pytest.raises(ObjectExists, match="'locks/gc' already exists"):
-        destination.put("locks/gc", b"second", if_absent=True)
-    assert destination.get("locks/gc") == b"first"
-
-
-def test_put_replaces_an_existing_object(destination: Any) -> None:
-    destination.put("index/latest", b"old and longer")
-    destination.put("index/latest", b"new")
-
-    assert destination.get("index/latest") == b"new"
-    assert destination.stat("index/latest").size == 3
-    assert [info.key for info in destination.list("index/")] == ["index/latest"]
-
-
-def test_list_yields_only_keys_starting_with_the_prefix(destination: Any) -> None:
-    for key in ["packs/ab/1", "packs/ab/2", "packs/cd/3", "packsx", "index/1"]:
-        destination.put(key, key.encode())
-
-    assert sorted(i.key for i in destination.list("packs/")) == [
-        "packs/ab/1", "packs/ab/2", "packs/cd/3"]
-    assert sorted(i.key for i in destination.list("packs/ab")) == ["packs/ab/1", "packs/ab/2"]
-    assert sorted(i.key for i in destination.list("packs")) == [
-        "packs/ab/1", "packs/ab/2", "packs/cd/3", "packsx"]
-    assert len(list(destination.list())) == 5
-    assert list(destination.list("nothing/")) == []
-    sizes = {info.key: info.size for info in destination.list()}
-    assert sizes["packs/ab/1"] == len(b"packs/ab/1")
 
 
 def test_list_pages_through_batches_while_the_caller_deletes(
@@ -203,52 +149,6 @@ def test_list_pages_through_batches_while_the_caller_deletes(
 
     assert sorted(seen) == keys
     assert list(destination.list()) == []
-
-
-def test_delete_removes_the_object_and_tolerates_a_missing_one(destination: Any) -> None:
-    destination.put("gone", b"x")
-    destination.delete("gone")
-    destination.delete("gone")
-    destination.delete("never-there")
-
-    with pytest.raises(ObjectNotFound):
-        destination.get("gone")
-
-
-def test_stat_reports_size_and_write_time(destination: Any) -> None:
-    before = time.time()
-    destination.put("a/b", b"12345")
-    after = time.time()
-
-    info = destination.stat("a/b")
-    assert (info.key, info.size) == ("a/b", 5)
-    assert before <= info.mtime <= after
-
-
-def test_missing_object_raises_object_not_found_naming_it(destination: Any) -> None:
-    with pytest.raises(ObjectNotFound, match=r"sqlite-test.*'no/such'"):
-        destination.get("no/such")
-    with pytest.raises(ObjectNotFound):
-        destination.stat("no/such")
-    with pytest.raises(ObjectNotFound):
-        destination.get("no/such", offset=1, length=1)
-
-
-@pytest.mark.parametrize("key", ["", "../escape", "a//b", ".hidden", "-dash", "a/./b", "sp ace"])
-def test_invalid_keys_are_refused(destination: Any, key: str) -> None:
-    with pytest.raises(UsageError):
-        destination.put(key, b"x")
-    with pytest.raises(UsageError):
-        destination.get(key)
-    with pytest.raises(UsageError):
-        destination.stat(key)
-    with pytest.raises(UsageError):
-        destination.delete(key)
-
-
-def test_invalid_prefix_is_refused_at_the_call(destination: Any) -> None:
-    with pytest.raises(UsageError):
-        destination.list("../")
 
 
 def test_missing_directory_makes_the_destination_unavailable(
@@ -357,3 +257,7 @@ def test_config_declares_its_settings_for_the_ui(example: ModuleType) -> None:
         example.SqliteFileConfig(path=Path("x.db"), journal="memory")
     with pytest.raises(ValueError):
         example.SqliteFileConfig(path=Path("x.db"), max_size_mb=-1)
+
+
+class TestSqliteFileDestinationContract(DestinationContract):
+    """The behaviour every destination owes the repository, on one SQLite file."""
