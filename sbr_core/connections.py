@@ -87,9 +87,7 @@ def open_provider(kind: ProviderKind, name: str, *, host: PluginHost, box: Secre
                   context: ProviderContext | None = None) -> Provider:
     """Build the provider for a stored entry, secrets opened."""
     row = get(kind, name)
-    cls = host.provider_class(kind, row.plugin)
-    values = {**row.settings, **box.open(row.secrets)}
-    config = structure_config(cls.Config, values, subject=_subject(kind, name))
+    cls, config = _stored_config(kind, row, host=host, box=box)
     return cls(config, context=context or ProviderContext(name=name))
 
 
@@ -97,8 +95,14 @@ def describe(kind: ProviderKind, name: str, *, host: PluginHost, box: SecretBox
              ) -> dict[str, Any]:
     """What may be shown of a stored entry: settings, with secrets only as set/not set."""
     row = get(kind, name)
-    cls = host.provider_class(kind, row.plugin)
-    values = {**row.settings, **box.open(row.secrets)}
-    config = structure_config(cls.Config, values, subject=_subject(kind, name))
+    _, config = _stored_config(kind, row, host=host, box=box)
     return {"name": row.name, "kind": kind.value, "plugin": row.plugin,
             "settings": public_view(config)}
+
+
+def _stored_config(kind: ProviderKind, row: Row, *, host: PluginHost, box: SecretBox
+                   ) -> tuple[type[Provider], Any]:
+    """The provider class of a stored entry and its Config, secrets opened."""
+    cls = host.provider_class(kind, row.plugin)
+    values = {**row.settings, **box.open(row.secrets)}
+    return cls, structure_config(cls.Config, values, subject=_subject(kind, row.name))

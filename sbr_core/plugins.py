@@ -327,17 +327,16 @@ class PluginHost:
 
     def records(self) -> list[PluginRecord]:
         """Every plugin the host knows, available or not, sorted by name."""
-        self._collect_providers()
+        table = self._collect_providers()
         self.workflow_steps()
+        owned = sorted(self._owners.items(), key=lambda item: (item[0][0].value, item[0][1]))
         out = []
         for name, loaded in sorted(self._loaded.items()):
             kinds = self._kinds_of(name)
             providers = tuple(
-                ProviderInfo(kind.value, provider_name, self._collect_providers()[kind]
-                             [provider_name].label)
-                for (kind, provider_name), owner in sorted(
-                    self._owners.items(), key=lambda item: (item[0][0].value, item[0][1]))
-                if owner == name and provider_name in self._collect_providers()[kind]
+                ProviderInfo(kind.value, provider_name, table[kind][provider_name].label)
+                for (kind, provider_name), owner in owned
+                if owner == name and provider_name in table[kind]
             )
             if loaded.disabled:
                 status, reason = "disabled", "disabled by SBR_DISABLE_PLUGINS"
@@ -351,10 +350,11 @@ class PluginHost:
 
     def record(self, name: str) -> PluginRecord:
         """One plugin's record; NotFoundError names the plugins there are."""
-        for rec in self.records():
+        records = self.records()
+        for rec in records:
             if rec.name == name:
                 return rec
-        known = ", ".join(r.name for r in self.records()) or "none"
+        known = ", ".join(r.name for r in records) or "none"
         raise NotFoundError(f"no plugin named {name!r} is installed (installed: {known})")
 
     def _kinds_of(self, plugin_name: str) -> tuple[str, ...]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import peewee as pw
 
-from sbr_core.db.migrations.tables import create_table
+from sbr_core.db.migrations.tables import create_table, utcnow
 
 VERSION = 1
 TITLE = "users, roles, permissions, audit log"
@@ -24,10 +22,6 @@ ROLES = {
     "auditor": ("Reads everything, including the audit log", ("view", "audit")),
     "viewer": ("Read-only", ("view",)),
 }
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def apply(db: pw.Database) -> None:
@@ -49,11 +43,11 @@ def apply(db: pw.Database) -> None:
         "password_hash": pw.CharField(max_length=255),
         "role": pw.ForeignKeyField(role),
         "active": pw.BooleanField(default=True),
-        "created_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
         "last_login_at": pw.DateTimeField(null=True),
     })
     create_table(db, "audit_log", {
-        "at": pw.DateTimeField(default=_now, index=True),
+        "at": pw.DateTimeField(default=utcnow, index=True),
         "username": pw.CharField(max_length=150, default=""),
         "action": pw.CharField(max_length=64),
         "target": pw.CharField(max_length=255, default=""),

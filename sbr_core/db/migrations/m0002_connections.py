@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import peewee as pw
 
-from sbr_core.db.migrations.tables import create_table
+from sbr_core.db.migrations.tables import create_table, utcnow
 
 VERSION = 2
 TITLE = "provider connections, destinations, inventory"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def apply(db: pw.Database) -> None:
@@ -24,16 +18,16 @@ def apply(db: pw.Database) -> None:
         "plugin": pw.CharField(max_length=64),
         "settings": pw.TextField(),
         "secrets": pw.TextField(default=""),
-        "created_at": pw.DateTimeField(default=_now),
-        "updated_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
+        "updated_at": pw.DateTimeField(default=utcnow),
     })
     create_table(db, "destination", {
         "name": pw.CharField(max_length=100, unique=True),
         "plugin": pw.CharField(max_length=64),
         "settings": pw.TextField(),
         "secrets": pw.TextField(default=""),
-        "created_at": pw.DateTimeField(default=_now),
-        "updated_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
+        "updated_at": pw.DateTimeField(default=utcnow),
     })
     create_table(db, "instance", {
         "connection": pw.ForeignKeyField(connection, on_delete="CASCADE"),
@@ -45,6 +39,6 @@ def apply(db: pw.Database) -> None:
         "tags": pw.TextField(),
         "attributes": pw.TextField(),
         "present": pw.BooleanField(default=True),
-        "first_seen_at": pw.DateTimeField(default=_now),
-        "last_seen_at": pw.DateTimeField(default=_now),
+        "first_seen_at": pw.DateTimeField(default=utcnow),
+        "last_seen_at": pw.DateTimeField(default=utcnow),
     }, indexes=((("connection", "external_id"), True),))

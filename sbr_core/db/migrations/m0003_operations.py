@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import peewee as pw
 
 from sbr_core.db.fields import LongTextField
-from sbr_core.db.migrations.tables import create_table, reference
+from sbr_core.db.migrations.tables import create_table, reference, utcnow
 
 VERSION = 3
 TITLE = "policies, schedules, nodes, workflows, tasks, backups"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def apply(db: pw.Database) -> None:
@@ -29,8 +23,8 @@ def apply(db: pw.Database) -> None:
         "retention": pw.TextField(),
         "priority": pw.IntegerField(default=50),
         "enabled": pw.BooleanField(default=True),
-        "created_at": pw.DateTimeField(default=_now),
-        "updated_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
+        "updated_at": pw.DateTimeField(default=utcnow),
     })
     create_table(db, "policy_instance", {
         "policy": pw.ForeignKeyField(policy, on_delete="CASCADE"),
@@ -56,7 +50,7 @@ def apply(db: pw.Database) -> None:
         "affinity": pw.TextField(),
         "state": pw.CharField(max_length=16, default="online"),
         "revoked": pw.BooleanField(default=False),
-        "registered_at": pw.DateTimeField(default=_now),
+        "registered_at": pw.DateTimeField(default=utcnow),
         "last_seen_at": pw.DateTimeField(null=True),
     })
     workflow = create_table(db, "workflow", {
@@ -67,7 +61,7 @@ def apply(db: pw.Database) -> None:
         "requested_by": pw.CharField(max_length=150, default=""),
         "params": pw.TextField(),
         "error": pw.TextField(),
-        "created_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
         "finished_at": pw.DateTimeField(null=True),
     })
     task = create_table(db, "task", {
@@ -86,13 +80,13 @@ def apply(db: pw.Database) -> None:
         "params": pw.TextField(),
         "result": pw.TextField(null=True),
         "error": pw.TextField(),
-        "created_at": pw.DateTimeField(default=_now),
+        "created_at": pw.DateTimeField(default=utcnow),
         "started_at": pw.DateTimeField(null=True),
         "finished_at": pw.DateTimeField(null=True),
     }, indexes=((("state", "not_before"), False),))
     create_table(db, "task_log", {
         "task": pw.ForeignKeyField(task, on_delete="CASCADE"),
-        "at": pw.DateTimeField(default=_now),
+        "at": pw.DateTimeField(default=utcnow),
         "level": pw.CharField(max_length=8, default="info"),
         "message": LongTextField(),
     })
@@ -104,7 +98,7 @@ def apply(db: pw.Database) -> None:
         "repo_backup_id": pw.CharField(max_length=128),
         "kind": pw.CharField(max_length=16, default="full"),
         "state": pw.CharField(max_length=16, default="complete"),
-        "started_at": pw.DateTimeField(default=_now),
+        "started_at": pw.DateTimeField(default=utcnow),
         "finished_at": pw.DateTimeField(null=True),
         "bytes_logical": pw.BigIntegerField(default=0),
         "bytes_stored": pw.BigIntegerField(default=0),

@@ -6,12 +6,18 @@ so it declares its columns here instead of importing :mod:`sbr_core.db.schema`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import peewee as pw
 
 ColumnSpec = dict[str, Callable[[], pw.Field]]
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now: the default of every timestamp column the migrations create."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def frozen_model(

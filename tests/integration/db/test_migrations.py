@@ -42,26 +42,28 @@ def _fill_version_1(db: pw.Database) -> dict[str, int]:
     now = dt.datetime(2026, 1, 2, 3, 4, 5)
     role_id = db.execute_sql("SELECT id FROM role WHERE name = 'operator'").fetchone()[0]
     for i in range(25):
-        db.execute_sql(
-            'INSERT INTO "user" (username, password_hash, role_id, active, created_at) '
-            "VALUES (%s, %s, %s, %s, %s)".replace('"', "`" if _mysql(db) else '"')
-            .replace("%s", "%s" if _mysql(db) else "?"),
-            (f"user{i}", f"hash{i}", role_id, True, now))
-        db.execute_sql(
-            "INSERT INTO audit_log (at, username, action, target, detail, remote_addr) "
-            "VALUES (%s, %s, %s, %s, %s, %s)".replace("%s", "%s" if _mysql(db) else "?"),
-            (now, f"user{i}", "login", "", f'{{"n": {i}}}', "127.0.0.1"))
+        _insert(db, "user", {"username": f"user{i}", "password_hash": f"hash{i}",
+                             "role_id": role_id, "active": True, "created_at": now})
+        _insert(db, "audit_log", {"at": now, "username": f"user{i}", "action": "login",
+                                  "target": "", "detail": f'{{"n": {i}}}',
+                                  "remote_addr": "127.0.0.1"})
     return {table: _count(db, table)
             for table in ("role", "permission", "role_permission", "user", "audit_log")}
 
 
-def _mysql(db: pw.Database) -> bool:
-    return isinstance(db, pw.MySQLDatabase)
+def _quoted(db: pw.Database, table: str) -> str:
+    return f"{db.quote[0]}{table}{db.quote[1]}"
+
+
+def _insert(db: pw.Database, table: str, row: dict[str, object]) -> None:
+    """A raw insert: frozen at version 1, it must not go through the current models."""
+    marks = ", ".join([db.param] * len(row))
+    db.execute_sql(f"INSERT INTO {_quoted(db, table)} ({', '.join(row)}) VALUES ({marks})",
+                   tuple(row.values()))
 
 
 def _count(db: pw.Database, table: str) -> int:
-    quote = "`" if _mysql(db) else '"'
-    return int(db.execute_sql(f"SELECT COUNT(*) FROM {quote}{table}{quote}").fetchone()[0])
+    return int(db.execute_sql(f"SELECT COUNT(*) FROM {_quoted(db, table)}").fetchone()[0])
 
 
 def test_database_at_first_version_filled_then_upgraded_keeps_every_row(
@@ -74,7 +76,7 @@ def test_database_at_first_version_filled_then_upgraded_keeps_every_row(
         counts = _fill_version_1(db)
         users_before = db.execute_sql(
             "SELECT username, password_hash, role_id, created_at FROM "
-            + ("`user`" if _mysql(db) else '"user"') + " ORDER BY username").fetchall()
+            + _quoted(db, "user") + " ORDER BY username").fetchall()
 
         applied = mig.upgrade(db)
 
@@ -84,7 +86,7 @@ def test_database_at_first_version_filled_then_upgraded_keeps_every_row(
             assert _count(db, table) == count, table
         users_after = db.execute_sql(
             "SELECT username, password_hash, role_id, created_at FROM "
-            + ("`user`" if _mysql(db) else '"user"') + " ORDER BY username").fetchall()
+            + _quoted(db, "user") + " ORDER BY username").fetchall()
         assert [tuple(r) for r in users_after] == [tuple(r) for r in users_before]
         from sbr_core.db.schema import AuditLog, User
 
