@@ -105,3 +105,17 @@ class AuthError(SbrError):
 
 class SecretError(SbrError):
     """A secret could not be decrypted (wrong or missing server key) or the key file is unsafe."""
+
+
+class RepositoryError(SbrError):
+    """A backup repository cannot be used as asked (not initialised, no such backup, locked)."""
+
+
+class RepositoryCorrupt(RepositoryError):
+    """Stored repository data failed its checks (a damaged or missing pack, index or manifest)."""
+
+
+class WrongPassphrase(RepositoryError):
+    """No key of the repository opens with the passphrase given."""
+
+    exit_code = 3

@@ -80,12 +80,13 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from sbr_core.cli import database, plugins, server, users
+    from sbr_core.cli import database, plugins, repo, server, users
 
     main.add_command(plugins.plugins)
     main.add_command(database.db)
     main.add_command(users.user)
     main.add_command(server.server)
+    main.add_command(repo.repo)
 
 
 _register()

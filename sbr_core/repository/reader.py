@@ -1,0 +1,284 @@
+"""Reading backups back: whole disks, byte ranges of a disk, item trees and single items.
+
+Chunks are fetched ahead on worker threads; neighbouring blobs of one pack are read with one
+ranged request, and every blob is checked against its id before a byte of it is written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from sbr_core.errors import RepositoryCorrupt, UsageError
+from sbr_core.models import EntryKind
+from sbr_core.operation import Operation
+from sbr_core.repository.format import ZERO_ID, BlobLocation, decode_blob
+from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
+from sbr_core.repository.pipeline import batched, ordered_map
+from sbr_core.repository.repo import Repository
+from sbr_core.repository.tree import entry_of, iter_records, path_key, record_chunks
+
+#: Adjacent blobs of a pack are fetched together up to this many bytes.
+COALESCE_BYTES = 8 * 1024 * 1024
+WORKERS = 3
+LOOKAHEAD = 6
+
+
+def disk_chunk_ids(repo: Repository, disk: DiskRecord) -> Iterator[bytes]:
+    """The disk's chunk ids in order, one map blob in memory at a time."""
+    remaining = disk.chunk_count
+    for map_id in disk.maps:
+        data = repo.read_blob(map_id)
+        count = min(MAP_ENTRIES, remaining)
+        if len(data) != count * 32:
+            raise RepositoryCorrupt(f"chunk map {map_id.hex()[:16]} of disk {disk.key!r} has "
+                                    "the wrong length")
+        for position in range(0, count * 32, 32):
+            yield data[position:position + 32]
+        remaining -= count
+    if remaining:
+        raise RepositoryCorrupt(f"disk {disk.key!r} lists too few chunk maps")
+
+
+def fetch_blobs(repo: Repository, ids: list[bytes]) -> list[bytes]:
+    """Plain bytes of ``ids`` (in order; ZERO_ID gives b""), reading runs of one pack at once."""
+    locations: list[BlobLocation | None] = [
+        None if blob_id == ZERO_ID else repo.locate(blob_id) for blob_id in ids]
+    out: list[bytes] = [b""] * len(ids)
+    i = 0
+    while i < len(ids):
+        first = locations[i]
+        if first is None:
+            i += 1
+            continue
+        j = i + 1
+        end = first.offset + first.length
+        while j < len(ids):
+            nxt = locations[j]
+            if nxt is None or nxt.pack != first.pack or nxt.offset != end \
+                    or end - first.offset + nxt.length > COALESCE_BYTES:
+                break
+            end += nxt.length
+            j += 1
+        stored = memoryview(repo.get_pack_range(first.pack, first.offset, end - first.offset))
+        for k in range(i, j):
+            location = locations[k]
+            assert location is not None
+            start = location.offset - first.offset
+            out[k] = decode_blob(repo.sealer, ids[k], stored[start:start + location.length],
+                                 location.raw_length,
+                                 f"blob {ids[k].hex()[:16]} in pack {location.pack.hex()[:16]}")
+        i = j
+    return out
+
+
+def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
+                 op: Operation | None = None) -> int:
+    """Write a disk image to ``target``: a new or existing regular file (made sparse: zero
+    chunks are not written) or a block device (zero chunks are written as zeros). Returns
+    the bytes written."""
+    op = op or Operation()
+    is_device = target.exists() and stat.S_ISBLK(target.stat().st_mode)
+    if target.exists() and not is_device and not target.is_file():
+        raise UsageError(f"{target} is neither a regular file nor a block device")
+    flags = os.O_WRONLY | (0 if is_device else os.O_CREAT | os.O_TRUNC)
+    fd = os.open(target, flags, 0o600)
+    written = 0
+    try:
+        if is_device:
+            device_size = os.lseek(fd, 0, os.SEEK_END)
+            if device_size < disk.size:
+                raise UsageError(f"{target} holds {device_size} bytes; the disk needs "
+                                 f"{disk.size}")
+        else:
+            os.ftruncate(fd, disk.size)
+        chunk_size = disk.chunk_size
+        batches = batched(enumerate(disk_chunk_ids(repo, disk)), 32)
+        for batch, datas in ordered_map(
+                lambda b: (b, fetch_blobs(repo, [blob_id for _, blob_id in b])), batches,
+                workers=WORKERS, lookahead=LOOKAHEAD):
+            for (index, blob_id), data in zip(batch, datas, strict=True):
+                offset = index * chunk_size
+                if blob_id == ZERO_ID:
+                    if is_device:
+                        data = bytes(min(chunk_size, disk.size - offset))
+                    else:
+                        continue
+                os.pwrite(fd, data, offset)
+                written += len(data)
+            op.check()
+            op.progress(min((batch[-1][0] + 1) * chunk_size, disk.size), disk.size,
+                        f"disk {disk.key}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return written
+
+
+class DiskImageReader:
+    """Random-access reads of a backed-up disk, for mounting a backup without restoring it.
+
+    Keeps a few map blobs and chunks in memory; thread-safe through the repository's cache.
+    """
+
+    def __init__(self, repo: Repository, disk: DiskRecord) -> None:
+        self.repo = repo
+        self.disk = disk
+        self.size = disk.size
+        self._maps: OrderedDict[int, bytes] = OrderedDict()
+
+    def _chunk_id(self, index: int) -> bytes:
+        piece, slot = divmod(index, MAP_ENTRIES)
+        data = self._maps.get(piece)
+        if data is None:
+            data = self.repo.read_blob(self.disk.maps[piece])
+            self._maps[piece] = data
+            while len(self._maps) > 8:
+                self._maps.popitem(last=False)
+        return data[slot * 32:(slot + 1) * 32]
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise UsageError("offset and length must not be negative")
+        end = min(self.size, offset + length)
+        parts = []
+        position = offset
+        chunk_size = self.disk.chunk_size
+        while position < end:
+            index = position // chunk_size
+            chunk_start = index * chunk_size
+            chunk_len = min(chunk_size, self.size - chunk_start)
+            blob_id = self._chunk_id(index)
+            data = (bytes(chunk_len) if blob_id == ZERO_ID
+                    else self.repo.read_blob(blob_id, cache=True))
+            stop = min(end, chunk_start + chunk_len)
+            parts.append(data[position - chunk_start:stop - chunk_start])
+            position = stop
+        return b"".join(parts)
+
+
+def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
+                 include: str = "", op: Operation | None = None,
+                 on_entry: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Recreate a backed-up tree under ``target`` (only ``include`` and below when given).
+
+    Files are written to a temp name and renamed, so an interrupted restore never leaves a
+    half-written file under its real name. Directory times are set last.
+    """
+    if manifest.tree is None:
+        raise UsageError(f"backup {manifest.id[:8]} has no file tree")
+    op = op or Operation()
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    counts = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
+    want = path_key(include.strip("/")) if include.strip("/") else ()
+
+    def selected(path: str) -> bool:
+        return path_key(path)[:len(want)] == want
+
+    def place(path: str) -> Path:
+        destination = (root / path).resolve()
+        if destination != root and root not in destination.parents:
+            raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore target")
+        return destination
+
+    records = (r for r in iter_records(repo, manifest.tree) if selected(r["path"]))
+    work = ((record, record_chunks(record)) for record in records)
+    for record, datas in ordered_map(
+            lambda item: (item[0], _content(repo, item[1])), work, workers=WORKERS,
+            lookahead=LOOKAHEAD):
+        entry = entry_of(record)
+        destination = place(entry.path)
+        if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER):
+            destination.mkdir(parents=True, exist_ok=True)
+            counts["directories"] += 1
+        elif entry.kind == EntryKind.SYMLINK:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if destination.is_symlink() or destination.exists():
+                destination.unlink()
+            os.symlink(entry.link_target, destination)
+            counts["links"] += 1
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temp = destination.with_name(f".sbr-restore-{destination.name}")
+            with open(temp, "wb") as out:
+                for data in datas:
+                    out.write(data)
+                    counts["bytes"] += len(data)
+            if entry.mode:
+                os.chmod(temp, stat.S_IMODE(entry.mode))
+            if entry.mtime_ns:
+                os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+            os.replace(temp, destination)
+            counts["files"] += 1
+        if on_entry is not None:
+            on_entry(entry.path)
+        op.check()
+        op.progress(counts["bytes"], 0, entry.path)
+    for record in iter_records(repo, manifest.tree):  # directories' times and modes last
+        entry = entry_of(record)
+        if entry.kind == EntryKind.DIRECTORY and selected(entry.path):
+            destination = place(entry.path)
+            if entry.mode:
+                os.chmod(destination, stat.S_IMODE(entry.mode))
+            if entry.mtime_ns:
+                os.utime(destination, ns=(entry.mtime_ns, entry.mtime_ns))
+    return counts
+
+
+def _content(repo: Repository, chunks: list[bytes]) -> Iterator[bytes]:
+    """A file's chunks; small files are fetched on the worker, large ones stream later."""
+    if len(chunks) <= 8:
+        return iter(fetch_blobs(repo, chunks))
+    return (data for batch in batched(chunks, 8) for data in fetch_blobs(repo, batch))
+
+
+def open_item(repo: Repository, manifest: Manifest, path: str) -> tuple[dict[str, object],
+                                                                      BinaryIO]:
+    """One file or item of a backup, by path: its record and a stream of its content."""
+    if manifest.tree is None:
+        raise UsageError(f"backup {manifest.id[:8]} has no file tree")
+    key = path_key(path.strip("/"))
+    for record in iter_records(repo, manifest.tree):
+        if path_key(record["path"]) == key:
+            return record, _ChunkStream(repo, record_chunks(record))
+    raise UsageError(f"{path!r} is not in backup {manifest.id[:8]}")
+
+
+class _ChunkStream:
+    """A read-only binary stream over a list of chunk ids."""
+
+    def __init__(self, repo: Repository, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._repo = repo
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        parts = [self._buffer]
+        have = len(self._buffer)
+        while size < 0 or have < size:
+            blob_id = next(self._chunks, None)
+            if blob_id is None:
+                break
+            data = self._repo.read_blob(blob_id)
+            parts.append(data)
+            have += len(data)
+        joined = b"".join(parts)
+        if size < 0:
+            self._buffer = b""
+            return joined
+        self._buffer = joined[size:]
+        return joined[:size]
+
+    def close(self) -> None:
+        self._chunks = iter(())
+
+    def __enter__(self) -> _ChunkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
