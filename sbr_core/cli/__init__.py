@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -33,10 +34,32 @@ class SbrGroup(click.Group):
             sys.exit(70)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(_plugin_commands()))
+        return sorted(set(super().list_commands(ctx)) | set(BUILTIN_COMMANDS)
+                      | set(_plugin_commands()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, cmd_name) or _plugin_commands().get(cmd_name)
+        return (super().get_command(ctx, cmd_name) or _builtin_command(cmd_name)
+                or _plugin_commands().get(cmd_name))
+
+
+#: Built-in commands, imported only when used: `sbr repo` must not pay for the database and
+#: web stack in memory (its peak-RSS budget is measured).
+BUILTIN_COMMANDS = {
+    "plugins": "sbr_core.cli.plugins:plugins",
+    "db": "sbr_core.cli.database:db",
+    "user": "sbr_core.cli.users:user",
+    "server": "sbr_core.cli.server:server",
+    "repo": "sbr_core.cli.repo:repo",
+}
+
+
+def _builtin_command(name: str) -> click.Command | None:
+    target = BUILTIN_COMMANDS.get(name)
+    if target is None:
+        return None
+    module_name, attribute = target.split(":")
+    command: click.Command = getattr(importlib.import_module(module_name), attribute)
+    return command
 
 
 _plugin_command_cache: tuple[object, dict[str, click.Command]] | None = None
@@ -54,7 +77,7 @@ def _plugin_commands() -> dict[str, click.Command]:
             name = getattr(command, "name", None)
             if not isinstance(command, click.Command) or not name:
                 host.mark_unavailable(plugin_name, f"contributed {command!r}, not a click command")
-            elif name in main.commands or name in found:
+            elif name in main.commands or name in BUILTIN_COMMANDS or name in found:
                 host.mark_unavailable(plugin_name, f"command name {name!r} is already taken")
             else:
                 found[name] = command
@@ -77,16 +100,3 @@ def main(ctx: click.Context, debug: bool) -> None:
     from sbr_core import redaction
 
     redaction.install()
-
-
-def _register() -> None:
-    from sbr_core.cli import database, plugins, repo, server, users
-
-    main.add_command(plugins.plugins)
-    main.add_command(database.db)
-    main.add_command(users.user)
-    main.add_command(server.server)
-    main.add_command(repo.repo)
-
-
-_register()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
-
-import peewee as pw
+from typing import TYPE_CHECKING
 
 from sbr_core.plugins import PluginHost
 from sbr_core.runtime import Runtime, runtime_from_env
+
+if TYPE_CHECKING:  # peewee (and the MySQL driver it loads) only when a command needs it
+    import peewee as pw
 
 
 @functools.cache
@@ -32,7 +34,7 @@ def database(*, upgrade: bool = False, check: bool = True) -> pw.Database:
     rt = runtime()
     if rt.database_url.dialect == "sqlite":
         rt.ensure_data_dir()
-    db = open_database(rt.database_url)
+    db: pw.Database = open_database(rt.database_url)
     if upgrade:
         run_upgrade(db)
     elif check:

@@ -11,10 +11,11 @@ what the killed one stored.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from sbr_core.repository.format import BlobType, build_pack_tail, encode_index, pack_key
 
@@ -69,19 +70,21 @@ class Packer:
         self._entries, self._parts, self._size = [], [], 0
         parts.append(build_pack_tail(self.repo.sealer,
                                      [(t, i, n, r) for t, i, _o, n, r in entries]))
-        data = b"".join(parts)
-        del parts
         self._slots.acquire()  # bounds packs held in memory while uploads are slow
         try:
-            self._uploads.append(self._executor.submit(self._upload, data, entries))
+            self._uploads.append(self._executor.submit(self._upload, parts, entries))
         except BaseException:
             self._slots.release()
             raise
 
-    def _upload(self, data: bytes, entries: list[Entry]) -> tuple[bytes, list[Entry]]:
+    def _upload(self, parts: list[bytes], entries: list[Entry]) -> tuple[bytes, list[Entry]]:
         try:
-            pack_id = hashlib.sha256(data).digest()
-            self.repo.destination.put(pack_key(pack_id), data)
+            digest = hashlib.sha256()
+            for part in parts:
+                digest.update(part)
+            pack_id = digest.digest()
+            # Streamed from the parts: a pack is never copied into one buffer.
+            self.repo.destination.put(pack_key(pack_id), cast(BinaryIO, _PartsReader(parts)))
             return pack_id, entries
         finally:
             self._slots.release()
@@ -140,3 +143,29 @@ class Packer:
             self._write_index()
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _PartsReader(io.RawIOBase):
+    """A read-only stream over a list of byte strings."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts = parts
+        self._index = 0
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and self._index < len(self._parts):
+            part = self._parts[self._index]
+            take = min(len(view) - filled, len(part) - self._offset)
+            view[filled:filled + take] = part[self._offset:self._offset + take]
+            filled += take
+            self._offset += take
+            if self._offset == len(part):
+                self._index += 1
+                self._offset = 0
+        return filled

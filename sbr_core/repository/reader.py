@@ -11,7 +11,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 from sbr_core.errors import RepositoryCorrupt, UsageError
 from sbr_core.models import EntryKind
@@ -237,8 +237,8 @@ def _content(repo: Repository, chunks: list[bytes]) -> Iterator[bytes]:
     return (data for batch in batched(chunks, 8) for data in fetch_blobs(repo, batch))
 
 
-def open_item(repo: Repository, manifest: Manifest, path: str) -> tuple[dict[str, object],
-                                                                      BinaryIO]:
+def open_item(repo: Repository, manifest: Manifest, path: str
+              ) -> tuple[dict[str, Any], _ChunkStream]:
     """One file or item of a backup, by path: its record and a stream of its content."""
     if manifest.tree is None:
         raise UsageError(f"backup {manifest.id[:8]} has no file tree")

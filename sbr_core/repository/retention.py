@@ -36,7 +36,7 @@ def select_forgettable(manifests: Iterable[Manifest], rules: RetentionRules) -> 
         (rules.weekly, lambda t: t.isocalendar()[:2]),
         (rules.monthly, lambda t: (t.year, t.month)),
     ]
-    forgettable = []
+    forgettable: list[Manifest] = []
     for backups in by_name.values():
         backups.sort(key=lambda m: (m.created, m.id), reverse=True)
         keep: set[str] = {m.id for m in backups[: rules.last or 0]}

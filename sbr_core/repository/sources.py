@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sbr_core.errors import UsageError
 from sbr_core.models import Entry, EntryKind, Extent
@@ -122,20 +122,22 @@ def walk_directory(root: Path, *, on_skip: Callable[[str, str], None] | None = N
             except OSError as exc:
                 skip(relative, exc.strerror or str(exc))
                 continue
-            common = {"path": relative, "size": 0, "mtime_ns": st.st_mtime_ns,
-                      "mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid}
             if stat.S_ISDIR(st.st_mode):
-                yield Entry(kind=EntryKind.DIRECTORY, **common)
+                yield _entry(relative, st, EntryKind.DIRECTORY)
                 yield from walk(path, relative)
             elif stat.S_ISREG(st.st_mode):
-                common["size"] = st.st_size
-                yield Entry(kind=EntryKind.FILE, open=_opener(path), **common)
+                yield _entry(relative, st, EntryKind.FILE, size=st.st_size, open=_opener(path))
             elif stat.S_ISLNK(st.st_mode):
-                yield Entry(kind=EntryKind.SYMLINK, link_target=os.readlink(path), **common)
+                yield _entry(relative, st, EntryKind.SYMLINK, link_target=os.readlink(path))
             else:
                 skip(relative, "special file (socket, fifo or device) is not backed up")
 
     yield from walk(root, "")
+
+
+def _entry(path: str, st: os.stat_result, kind: EntryKind, **extra: Any) -> Entry:
+    return Entry(path=path, kind=kind, mtime_ns=st.st_mtime_ns, mode=st.st_mode,
+                 uid=st.st_uid, gid=st.st_gid, **extra)
 
 
 def _opener(path: Path) -> Callable[[], BinaryIO]:

@@ -35,7 +35,7 @@ from sbr_core.repository.tree import TreeWriter
 #: Bytes read from a disk in one call: several chunks, so reads are few and large.
 READ_BLOCK = 4 * 1024 * 1024
 WORKERS = 3
-LOOKAHEAD = 6
+LOOKAHEAD = 4
 
 
 def _now() -> str:

@@ -160,7 +160,7 @@ def test_server_first_start_creates_admin_and_serves_login_and_plugins(
     page = opener.open(f"{base}/login", data=form).read().decode()
     assert 'data-plugin="filesystem"' in page
     api = json.loads(opener.open(f"{base}/api/v1/plugins").read())
-    assert [p["name"] for p in api] == ["filesystem"]
+    assert [p["name"] for p in api] == ["filesystem", "s3"]
 
 
 def test_second_server_on_a_taken_port_is_one_line(
