@@ -27,7 +27,7 @@ from tests.unit.repository.conftest import PASSPHRASE, make_destination
 def test_wrong_passphrase_is_one_clear_error(tmp_path: Path) -> None:
     destination = make_destination(tmp_path / "r")
     init_repository(destination, passphrase=PASSPHRASE)
-    with pytest.raises(WrongPassphrase, match="^wrong passphrase for this repository$"):
+    with pytest.raises(WrongPassphrase, match=r"^wrong passphrase for this repository$"):
         open_repository(destination, passphrase="guess")
     with pytest.raises(WrongPassphrase, match="give its passphrase"):
         open_repository(destination, passphrase=None)
