@@ -288,29 +288,30 @@ def restore(dest: str, backup_id: str, target: Path, include: str, disk_key: str
     from sbr_core.repository import restore_disk, restore_tree
 
     repository = _open(dest)
-    manifest = repository.resolve(backup_id)
-    started = time.monotonic()
-    result: dict[str, Any] = {"backup_id": manifest.id}
-    disks = [d for d in manifest.disks if disk_key is None or d.key == disk_key]
-    if disk_key and not disks:
-        raise UsageError(f"backup {manifest.id[:8]} has no disk {disk_key!r} (it has: "
-                         f"{', '.join(d.key for d in manifest.disks) or 'none'})")
-    if manifest.tree is not None and not disk_key:
-        with _progress("restore", 0, enabled=not as_json) as op:
-            result.update(restore_tree(repository, manifest, target, include=include, op=op))
-    elif len(disks) == 1 and manifest.tree is None:
-        with _progress("restore", disks[0].size, enabled=not as_json) as op:
-            result["bytes"] = restore_disk(repository, disks[0], target, op=op)
-    else:
-        target.mkdir(parents=True, exist_ok=True)
-        result["bytes"] = 0
-        for disk in disks:
-            with _progress(f"restore {disk.key}", disk.size, enabled=not as_json) as op:
-                result["bytes"] += restore_disk(repository, disk, target / f"{disk.key}.img",
-                                                op=op)
-    for name in manifest.files:
-        if not disk_key and manifest.tree is None and len(disks) != 1:
-            (target / name).write_bytes(repository.read_blob(manifest.files[name]))
+    with repository.reading():
+        manifest = repository.resolve(backup_id)
+        started = time.monotonic()
+        result: dict[str, Any] = {"backup_id": manifest.id}
+        disks = [d for d in manifest.disks if disk_key is None or d.key == disk_key]
+        if disk_key and not disks:
+            raise UsageError(f"backup {manifest.id[:8]} has no disk {disk_key!r} (it has: "
+                             f"{', '.join(d.key for d in manifest.disks) or 'none'})")
+        if manifest.tree is not None and not disk_key:
+            with _progress("restore", 0, enabled=not as_json) as op:
+                result.update(restore_tree(repository, manifest, target, include=include, op=op))
+        elif len(disks) == 1 and manifest.tree is None:
+            with _progress("restore", disks[0].size, enabled=not as_json) as op:
+                result["bytes"] = restore_disk(repository, disks[0], target, op=op)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            result["bytes"] = 0
+            for disk in disks:
+                with _progress(f"restore {disk.key}", disk.size, enabled=not as_json) as op:
+                    result["bytes"] += restore_disk(repository, disk, target / f"{disk.key}.img",
+                                                    op=op)
+        for name in manifest.files:
+            if not disk_key and manifest.tree is None and len(disks) != 1:
+                (target / name).write_bytes(repository.read_blob(manifest.files[name]))
     result["seconds"] = round(time.monotonic() - started, 3)
     _emit(as_json, result, lambda: click.echo(
         f"restored backup {manifest.id[:8]} to {target} in {result['seconds']:.1f} s"))
@@ -327,7 +328,7 @@ def verify(dest: str, backup_ids: tuple[str, ...], as_json: bool) -> None:
     from sbr_core.repository import verify as run_verify
 
     repository = _open(dest)
-    with _progress("verify", 0, enabled=not as_json) as op:
+    with _progress("verify", 0, enabled=not as_json) as op, repository.reading():
         report = run_verify(repository, backup_ids,
                             progress=lambda done, total: op.progress(done, total, "packs"))
     data = report.to_dict()

@@ -47,7 +47,9 @@ class DiskReader(Protocol):
         ...
 
     def read(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``offset`` (within a non-zero extent)."""
+        """Read ``length`` bytes at ``offset``. The repository reads whole chunks, so a
+        range may reach beyond the reported extents (never beyond the disk); there the disk's
+        current content is read as it is."""
         ...
 
 

@@ -67,10 +67,21 @@ class MasterIndex:
             yield blob_id, location
 
     def load(self, destination: Destination, sealer: Sealer,
-             exclude_packs: Iterable[bytes] = ()) -> None:
-        """Read every index file; packs in ``exclude_packs`` (condemned by a gc plan) are left
-        out so that a new backup never references data that is about to be deleted."""
+             exclude_packs: Iterable[bytes] = (), *, last_resort: Iterable[bytes] = ()
+             ) -> None:
+        """Read every index file. Packs in ``exclude_packs`` (condemned by a gc plan) are left
+        out, so that a new backup never references data that is about to be deleted; a reader
+        passes them as ``last_resort`` instead: used only for blobs found nowhere else."""
+        self.excluded_packs = set(exclude_packs) | set(last_resort)
+        deferred: list[tuple[bytes, list[tuple[BlobType, bytes, int, int, int]]]] = []
+        self._load_files(destination, sealer, deferred, set(last_resort))
         self.excluded_packs = set(exclude_packs)
+        for pack_id, entries in deferred:
+            self.add(pack_id, entries)
+
+    def _load_files(self, destination: Destination, sealer: Sealer,
+                    deferred: list[tuple[bytes, list[tuple[BlobType, bytes, int, int, int]]]],
+                    last_resort: set[bytes]) -> None:
         keys = sorted(info.key for info in destination.list("index/"))
         for key in keys:
             try:
@@ -79,6 +90,8 @@ class MasterIndex:
                 continue  # replaced by a gc that finished while we listed
             try:
                 for pack_id, entries in decode_index(sealer, stored, f"index {key}"):
+                    if pack_id in last_resort:
+                        deferred.append((pack_id, entries))
                     self.add(pack_id, entries)
             except RepositoryCorrupt as exc:
                 log.warning("%s", exc)

@@ -8,6 +8,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -196,10 +197,10 @@ class Repository:
                 self._index = index
             return self._index
 
-    def reload_index(self, exclude_packs: set[bytes] | frozenset[bytes] = frozenset()
-                     ) -> MasterIndex:
+    def reload_index(self, exclude_packs: set[bytes] | frozenset[bytes] = frozenset(), *,
+                     last_resort: set[bytes] | frozenset[bytes] = frozenset()) -> MasterIndex:
         index = MasterIndex()
-        index.load(self.destination, self.sealer, exclude_packs)
+        index.load(self.destination, self.sealer, exclude_packs, last_resort=last_resort)
         with self._lock:
             self._index = index
         return index
@@ -212,6 +213,20 @@ class Repository:
             raise RepositoryCorrupt(f"blob {blob_id.hex()[:16]} is in no index: its data is "
                                     f"missing{hint}")
         return location
+
+    @contextmanager
+    def reading(self) -> Iterator[Repository]:
+        """Hold a read lock while restoring or verifying: a gc planned before we started
+        waits for us, and data a later plan condemned is read only if nothing else has it."""
+        from sbr_core.repository.gc import condemned_packs
+        from sbr_core.repository.locks import Lock
+
+        lock = Lock(self, "read")
+        try:
+            self.reload_index(last_resort=condemned_packs(self))
+            yield self
+        finally:
+            lock.release()
 
     # --- blobs ----------------------------------------------------------------------------
 
