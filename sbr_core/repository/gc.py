@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -35,13 +34,12 @@ from sbr_core.errors import (
 from sbr_core.repository import locks
 from sbr_core.repository.format import (
     ZERO_ID,
-    BlobType,
     decode_blob,
     encode_index,
     pack_id_of_key,
     pack_key,
 )
-from sbr_core.repository.index import MasterIndex
+from sbr_core.repository.index import MasterIndex, RawEntry, read_all_entries
 from sbr_core.repository.manifest import Manifest
 from sbr_core.repository.packer import Packer
 from sbr_core.repository.repo import Repository
@@ -204,44 +202,38 @@ def _check_index(index: MasterIndex) -> None:
                                 "run `sbr repo repair-index` first")
 
 
-def pack_entries(index: MasterIndex) -> dict[bytes, list[tuple[bytes, Any]]]:
-    by_pack: dict[bytes, list[tuple[bytes, Any]]] = defaultdict(list)
-    for blob_id, location in index.items():
-        by_pack[location.pack].append((blob_id, location))
-    return by_pack
-
-
 def _mark(repo: Repository, report: GcReport) -> str | None:
     stored_packs = {pid for info in repo.destination.list("packs/")
                     if (pid := pack_id_of_key(info.key)) is not None}
     index = repo.reload_index()
     _check_index(index)
     referenced = referenced_blobs(repo, repo.manifests())
+    all_entries = read_all_entries(repo.destination, repo.sealer, sorted(index.files))
     condemned: set[bytes] = set()
-    to_repack: list[tuple[bytes, list[tuple[bytes, Any]]]] = []
-    for pack_id, entries in pack_entries(index).items():
+    to_repack: list[tuple[bytes, list[RawEntry]]] = []
+    for pack_id, by_blob in all_entries.items():
         if pack_id not in stored_packs:
-            continue  # listed but gone: a later index rewrite drops it
-        live = [(b, loc) for b, loc in entries if b in referenced]
+            continue  # listed but gone: the sweep's new index leaves it out
+        live = [e for e in by_blob.values() if e[1] in referenced]
         if not live:
             condemned.add(pack_id)
             continue
-        live_bytes = sum(loc.length for _, loc in live)
-        total = sum(loc.length for _, loc in entries)
+        live_bytes = sum(e[3] for e in live)
+        total = sum(e[3] for e in by_blob.values())
         if live_bytes < total * REPACK_BELOW:
             to_repack.append((pack_id, live))
     # Packs no index names: left by killed writers (or being written: the sweep rechecks).
-    condemned.update(stored_packs - index.packs())
+    condemned.update(stored_packs - set(all_entries))
     if to_repack:
         packer = Packer(repo)
         try:
             for pack_id, live in to_repack:
-                for blob_id, location in live:
-                    stored = repo.get_pack_range(pack_id, location.offset, location.length)
-                    decode_blob(repo.sealer, blob_id, stored, location.raw_length,
+                for blob_type, blob_id, offset, length, raw_length in live:
+                    stored = repo.get_pack_range(pack_id, offset, length)
+                    decode_blob(repo.sealer, blob_id, stored, raw_length,
                                 f"blob {blob_id.hex()[:16]}")  # copy only what is sound
                     packer.pending.discard(blob_id)
-                    packer.add(location.type, blob_id, stored, location.raw_length)
+                    packer.add(blob_type, blob_id, stored, raw_length)
                 condemned.add(pack_id)
                 report.packs_repacked += 1
             packer.close()
@@ -275,16 +267,17 @@ def _sweep(repo: Repository, plan_key: str, plan: dict[str, Any], report: GcRepo
               if b not in survivors and b in full}
     doomed = condemned - needed
     report.packs_kept += len(condemned & needed)
-    # 1. one index with every entry outside the doomed packs,
-    entries: dict[bytes, list[tuple[BlobType, bytes, int, int, int]]] = defaultdict(list)
-    for blob_id, location in full.items():
-        if location.pack not in doomed:
-            entries[location.pack].append((location.type, blob_id, location.offset,
-                                           location.length, location.raw_length))
+    # 1. one index with every entry (every copy) outside the doomed packs and the packs
+    # that are gone,
     old_index_files = sorted(full.files)
+    stored_packs = {pid for info in repo.destination.list("packs/")
+                    if (pid := pack_id_of_key(info.key)) is not None}
+    entries = {pack_id: list(by_blob.values()) for pack_id, by_blob
+               in read_all_entries(repo.destination, repo.sealer, old_index_files).items()
+               if pack_id not in doomed and pack_id in stored_packs}
     if entries:
         repo.destination.put(f"index/{os.urandom(16).hex()}",
-                             encode_index(repo.sealer, dict(entries)))
+                             encode_index(repo.sealer, entries))
     # 2. then drop the index files it replaces (never one written after we read),
     for key in old_index_files:
         repo.destination.delete(key)

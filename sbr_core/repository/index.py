@@ -98,3 +98,23 @@ class MasterIndex:
                 self.damaged[key] = str(exc)
                 continue
             self.files.add(key)
+
+
+RawEntry = tuple[BlobType, bytes, int, int, int]  # type, id, offset, stored length, raw length
+
+
+def read_all_entries(destination: Destination, sealer: Sealer, keys: Iterable[str]
+                     ) -> dict[bytes, dict[bytes, RawEntry]]:
+    """Every entry of these index files, per pack, duplicates across packs included (gc,
+    verify and repair must see each copy, not only the one the master index uses)."""
+    packs: dict[bytes, dict[bytes, RawEntry]] = {}
+    for key in keys:
+        try:
+            stored = destination.get(key)
+        except ObjectNotFound:
+            continue
+        for pack_id, entries in decode_index(sealer, stored, f"index {key}"):
+            known = packs.setdefault(pack_id, {})
+            for entry in entries:
+                known.setdefault(entry[1], entry)
+    return packs

@@ -14,7 +14,8 @@ import attrs
 
 from sbr_core.errors import ObjectNotFound, RepositoryCorrupt, RepositoryError
 from sbr_core.repository.format import decode_blob, pack_key, parse_pack
-from sbr_core.repository.gc import manifest_blobs, pack_entries
+from sbr_core.repository.gc import manifest_blobs
+from sbr_core.repository.index import RawEntry, read_all_entries
 from sbr_core.repository.manifest import Manifest
 from sbr_core.repository.pipeline import ordered_map
 from sbr_core.repository.repo import Repository
@@ -62,12 +63,13 @@ def verify(repo: Repository, backup_refs: Iterable[str] = (), *,
         except (RepositoryCorrupt, RepositoryError) as exc:
             report.damaged_backups.setdefault(manifest.id, []).append(str(exc))
     missing_blobs = {b for b in needed if b not in index}
+    by_pack = {pack_id: list(by_blob.values()) for pack_id, by_blob
+               in read_all_entries(repo.destination, repo.sealer, sorted(index.files)).items()}
     packs = sorted({loc.pack for b in needed if (loc := index.lookup(b)) is not None}) \
-        if refs else sorted(index.packs())
+        if refs else sorted(index.packs() | set(by_pack))
     # Pass 2: every byte of those packs.
     bad_blobs: set[bytes] = set()
     total = len(packs)
-    by_pack = pack_entries(index)
     for done, (pack_id, problems, blobs, size) in enumerate(
             ordered_map(lambda p: _check_pack(repo, p, by_pack.get(p, [])), packs, workers=2,
                         lookahead=3), 1):
@@ -94,28 +96,27 @@ def verify(repo: Repository, backup_refs: Iterable[str] = (), *,
     return report
 
 
-def _check_pack(repo: Repository, pack_id: bytes, indexed: list[tuple[bytes, Any]]
+def _check_pack(repo: Repository, pack_id: bytes, indexed: list[RawEntry]
                 ) -> tuple[bytes, dict[str, bytes], int, int]:
     """(pack, {problem: a blob it affects}, blobs checked, bytes read) for one pack."""
     problems: dict[str, bytes] = {}
     try:
         data = repo.destination.get(pack_key(pack_id))
     except ObjectNotFound:
-        for blob_id, _ in indexed:
-            problems[f"pack is missing ({blob_id.hex()[:16]})"] = blob_id
+        for entry in indexed:
+            problems[f"pack is missing ({entry[1].hex()[:16]})"] = entry[1]
         return pack_id, problems, 0, 0
     if hashlib.sha256(data).digest() != pack_id:
-        problems["pack content does not match its id"] = indexed[0][0] if indexed else b""
+        problems["pack content does not match its id"] = b""
     try:
         parse_pack(repo.sealer, data, f"pack {pack_id.hex()[:16]}")
     except RepositoryCorrupt as exc:
-        problems[str(exc)] = indexed[0][0] if indexed else b""
+        problems[str(exc)] = b""
     view = memoryview(data)
-    for blob_id, location in indexed:
+    for _type, blob_id, offset, length, raw_length in indexed:
         try:
-            decode_blob(repo.sealer, blob_id,
-                        view[location.offset:location.offset + location.length],
-                        location.raw_length, f"blob {blob_id.hex()[:16]}")
+            decode_blob(repo.sealer, blob_id, view[offset:offset + length], raw_length,
+                        f"blob {blob_id.hex()[:16]}")
         except RepositoryCorrupt as exc:
             problems[str(exc)] = blob_id
     if problems and "pack content does not match its id" in problems and len(problems) == 1:
