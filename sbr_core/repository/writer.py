@@ -160,7 +160,7 @@ class BackupWriter:
         total = sum(e.length for e in extents) if isinstance(extents, list | tuple) else 0
         done = 0
         results = ordered_map(self._encode_chunks, self._disk_work(size, chunk_size, extents,
-                                                                   read),
+                                                                   read, full=full),
                               workers=WORKERS, lookahead=LOOKAHEAD)
         for batch in results:
             for index, blob_id, stored, length, zero_bytes in batch:
@@ -179,42 +179,66 @@ class BackupWriter:
         return record
 
     def _disk_work(self, size: int, chunk_size: int, extents: Iterable[Extent],
-                   read: Callable[[int, int], bytes]
+                   read: Callable[[int, int], bytes], *, full: bool
                    ) -> Iterator[list[tuple[int, bytes | None, int]]]:
         """Batches of (chunk index, data, length), read in big blocks; a zero run is one
         item (first chunk, None, chunk count)."""
         next_chunk = 0  # chunks below this one are done
         chunk_count = -(-size // chunk_size)
+        previous_offset = -1
         for extent in extents:
             if extent.offset < 0 or extent.length < 0 or extent.end > size:
                 raise UsageError(f"extent {extent.offset}+{extent.length} is outside the disk "
                                  f"({size} bytes)")
+            if extent.offset < previous_offset:
+                raise UsageError(f"extents must come in offset order: {extent.offset} came "
+                                 f"after {previous_offset}")
+            previous_offset = extent.offset
             if extent.length == 0:
                 continue
             if extent.zero:
                 first = max(-(-extent.offset // chunk_size), next_chunk)
                 last = extent.end // chunk_size if extent.end < size else chunk_count
+                if not full:
+                    # A chunk the zero range covers only in part keeps the parent's other
+                    # bytes: read it whole, so the zeroed part is not restored as old data.
+                    head = extent.offset // chunk_size
+                    if extent.offset % chunk_size and head >= next_chunk:
+                        yield from self._read_chunks(head, head + 1, size, chunk_size, read)
+                        next_chunk = head + 1
+                        first = max(first, next_chunk)
                 if last > first:
                     yield [(first, None, last - first)]
                     next_chunk = last
+                tail = extent.end // chunk_size
+                if not full and extent.end < size and extent.end % chunk_size \
+                        and tail >= next_chunk:
+                    yield from self._read_chunks(tail, tail + 1, size, chunk_size, read)
+                    next_chunk = tail + 1
                 continue
             first = max(extent.offset // chunk_size, next_chunk)
             last = -(-extent.end // chunk_size)
-            position = first
-            while position < last:
-                stop = min(last, position + READ_BLOCK // chunk_size)
-                offset = position * chunk_size
-                length = min(stop * chunk_size, size) - offset
-                data = read(offset, length)
-                if len(data) != length:
-                    raise UsageError(f"disk read at {offset} returned {len(data)} bytes, not "
-                                     f"{length}")
-                self.stats["bytes_read"] += length
-                yield [(position + i, data[i * chunk_size:(i + 1) * chunk_size],
-                        min(chunk_size, length - i * chunk_size))
-                       for i in range(stop - position)]
-                position = stop
+            yield from self._read_chunks(first, last, size, chunk_size, read)
             next_chunk = max(next_chunk, last)
+
+    def _read_chunks(self, first: int, last: int, size: int, chunk_size: int,
+                     read: Callable[[int, int], bytes]
+                     ) -> Iterator[list[tuple[int, bytes | None, int]]]:
+        """Read chunks [first, last) whole, in blocks of up to READ_BLOCK."""
+        position = first
+        while position < last:
+            stop = min(last, position + READ_BLOCK // chunk_size)
+            offset = position * chunk_size
+            length = min(stop * chunk_size, size) - offset
+            data = read(offset, length)
+            if len(data) != length:
+                raise UsageError(f"disk read at {offset} returned {len(data)} bytes, not "
+                                 f"{length}")
+            self.stats["bytes_read"] += length
+            yield [(position + i, data[i * chunk_size:(i + 1) * chunk_size],
+                    min(chunk_size, length - i * chunk_size))
+                   for i in range(stop - position)]
+            position = stop
 
     def _encode_chunks(self, batch: list[tuple[int, bytes | None, int]]
                        ) -> list[tuple[int, bytes, bytes | None, int, int]]:
@@ -303,10 +327,12 @@ class _MapBuilder:
         return data[:want]
 
     def _reusable(self, piece: int) -> bool:
-        """A piece whose parent blob can be kept as is."""
+        """A piece whose parent blob can be kept as is: same place, same number of entries
+        (a disk that grew or shrank changes its last pieces)."""
         base = self.base
         return (base is not None and piece < len(base.maps)
-                and (piece + 1 < len(base.maps) or base.chunk_count == self.chunk_count))
+                and min(MAP_ENTRIES, base.chunk_count - piece * MAP_ENTRIES)
+                == self._entries_in(piece))
 
     def _close_current(self) -> None:
         if self.current < 0:

@@ -161,3 +161,46 @@ def test_incompressible_chunks_are_stored_raw(repo: Repository,
     manifest = backup_image(image)
     overhead = manifest.stats["stored_new"] - image.size
     assert 0 < overhead < 16 * 64 + 4096  # nonce+tag+codec byte per chunk, and the map
+
+
+@pytest.mark.parametrize("new_size", [CHUNK * MAP_ENTRIES + 3 * CHUNK,  # 3 map blobs to 2
+                                      CHUNK * MAP_ENTRIES * 3 + 5])  # 3 map blobs to 4
+def test_incremental_of_a_disk_that_changed_size(repo: Repository, new_size: int,
+                                                 tmp_path: Path) -> None:
+    def read(offset: int, length: int) -> bytes:  # zeros, but "data" in the first 10 bytes
+        block = bytearray(length)
+        if offset == 0:
+            block[:10] = b"0123456789"
+        return bytes(block)
+
+    old_size = CHUNK * MAP_ENTRIES * 2 + CHUNK
+    with BackupWriter(repo, name="vm", kind="image") as writer:
+        writer.add_disk("vda", old_size, [Extent(0, 10)], read)
+        full = writer.commit()
+    with BackupWriter(repo, name="vm", kind="image", parent=full) as writer:
+        writer.add_disk("vda", new_size, [Extent(0, 10)], read, full=False)
+        incremental = writer.commit()
+    reader = DiskImageReader(repo, incremental.disks[0])
+    assert reader.read(0, 12) == b"0123456789\0\0"
+    assert reader.read(new_size - 7, 100) == bytes(7)
+    assert verify(repo).ok
+    assert len(restored_bytes(repo, incremental, tmp_path)) == new_size
+
+
+def test_zero_extent_covering_part_of_a_chunk_zeroes_just_that_part(
+        repo: Repository, backup_image: BackupImage, tmp_path: Path) -> None:
+    image = CountingImage(os.urandom(CHUNK * 8))
+    full = backup_image(image)
+    zeroed = Extent(CHUNK + 100, CHUNK * 3)  # part of chunk 1, chunks 2-3, part of chunk 4
+    image.data[zeroed.offset:zeroed.end] = bytes(zeroed.length)
+    incremental = backup_image(image, parent=full,
+                               changed=[Extent(zeroed.offset, zeroed.length, zero=True)])
+    assert restored_bytes(repo, incremental, tmp_path) == image.data
+    assert image.bytes_read == CHUNK * 8 + 2 * CHUNK  # the full read, then the two edges
+
+
+def test_extents_out_of_order_are_refused(repo: Repository) -> None:
+    image = CountingImage(os.urandom(CHUNK * 4))
+    with pytest.raises(UsageError, match="offset order"), \
+            BackupWriter(repo, name="vm", kind="image") as writer:
+        writer.add_disk("vda", image.size, [Extent(CHUNK * 2, 10), Extent(0, 10)], image.read)
