@@ -356,21 +356,22 @@ def verify(dest: str, backup_ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--keep-daily", type=click.IntRange(0), help="Keep the last of N days.")
 @click.option("--keep-weekly", type=click.IntRange(0), help="Keep the last of N weeks.")
 @click.option("--keep-monthly", type=click.IntRange(0), help="Keep the last of N months.")
+@click.option("--keep-yearly", type=click.IntRange(0), help="Keep the last of N years.")
 @click.option("--name", help="Apply the --keep rules to backups of this name only.")
 @click.option("--dry-run", is_flag=True, help="Say what would be forgotten, do nothing.")
 @json_option
 def forget(dest: str, backup_ids: tuple[str, ...], keep_last: int | None,
            keep_daily: int | None, keep_weekly: int | None, keep_monthly: int | None,
-           name: str | None, dry_run: bool, as_json: bool) -> None:
+           keep_yearly: int | None, name: str | None, dry_run: bool, as_json: bool) -> None:
     """Forget backups, by id or by --keep rules per name; `gc` then frees their space."""
     from sbr_core.repository import forget as run_forget
     from sbr_core.repository.retention import RetentionRules, select_forgettable
 
     rules = RetentionRules(last=keep_last, daily=keep_daily, weekly=keep_weekly,
-                           monthly=keep_monthly)
+                           monthly=keep_monthly, yearly=keep_yearly)
     if not backup_ids and not rules.any():
         raise UsageError("name backups to forget, or give --keep-last/--keep-daily/"
-                         "--keep-weekly/--keep-monthly")
+                         "--keep-weekly/--keep-monthly/--keep-yearly")
     if backup_ids and rules.any():
         raise UsageError("give backup ids or --keep rules, not both")
     repository = _open(dest)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,8 @@ _HEADER_ENTRY = struct.Struct("<B32sII")  # type, id, stored length, raw length
 _INDEX_PACK = struct.Struct("<32sI")  # pack id, entry count
 _INDEX_ENTRY = struct.Struct("<B32sIII")  # type, id, offset, stored length, raw length
 _CHECKSUM_BYTES = 32
+PACK_HEADER_VERSION = 1
+_HEADER_SALT = 16  # version byte + random bytes
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -134,8 +137,13 @@ def decode_blob(sealer: Sealer, blob_id: bytes, stored: bytes | memoryview, raw_
 # --- packs --------------------------------------------------------------------------------
 
 def build_pack_tail(sealer: Sealer, entries: Iterable[tuple[BlobType, bytes, int, int]]) -> bytes:
-    """The sealed header listing (type, id, stored length, raw length), then the trailer."""
-    header = b"".join(_HEADER_ENTRY.pack(int(t), i, n, r) for t, i, n, r in entries)
+    """The sealed header listing (type, id, stored length, raw length), then the trailer.
+
+    The header starts with a version byte and 15 random bytes, so that no two packs are
+    ever byte-identical (and so never share an id), even unencrypted ones with equal blobs.
+    """
+    header = bytes([PACK_HEADER_VERSION]) + os.urandom(_HEADER_SALT - 1) + b"".join(
+        _HEADER_ENTRY.pack(int(t), i, n, r) for t, i, n, r in entries)
     sealed = _seal_checked(sealer, header, b"pack-header")
     return sealed + _TRAILER.pack(len(sealed), PACK_MAGIC)
 
@@ -167,11 +175,14 @@ def parse_pack_header(sealer: Sealer, before_trailer: bytes | memoryview,
         raise RepositoryCorrupt(f"{what} is truncated")
     header = _open_checked(sealer, before_trailer[len(before_trailer) - length:],
                            b"pack-header", f"{what} header")
-    if len(header) % _HEADER_ENTRY.size:
+    if not header or header[0] != PACK_HEADER_VERSION:
+        raise RepositoryCorrupt(f"{what} header has version {header[:1].hex() or 'none'}, "
+                                f"not {PACK_HEADER_VERSION}: written by a newer SBR?")
+    if (len(header) - _HEADER_SALT) % _HEADER_ENTRY.size:
         raise RepositoryCorrupt(f"{what} header is malformed")
     entries = []
     offset = 0
-    for type_, blob_id, stored, raw in _HEADER_ENTRY.iter_unpack(header):
+    for type_, blob_id, stored, raw in _HEADER_ENTRY.iter_unpack(header[_HEADER_SALT:]):
         try:
             blob_type = BlobType(type_)
         except ValueError:

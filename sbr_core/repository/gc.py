@@ -124,7 +124,7 @@ def collect_garbage(repo: Repository, *, wait: float = 0.0,
     writer is running, sweep it at once. ``wait`` seconds are spent waiting for writers."""
     say = progress or (lambda message: None)
     report = GcReport()
-    gc_lock = _take_gc_lock(repo)
+    gc_lock = take_gc_lock(repo)
     try:
         deadline = time.monotonic() + wait
         plans = _plans(repo)
@@ -155,7 +155,7 @@ def collect_garbage(repo: Repository, *, wait: float = 0.0,
         gc_lock.release()
 
 
-def _take_gc_lock(repo: Repository) -> locks.Lock:
+def take_gc_lock(repo: Repository) -> locks.Lock:
     for _attempt in range(3):
         try:
             return locks.Lock(repo, "gc", key=GC_LOCK_KEY)

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from sbr_core.errors import DestinationError, ObjectNotFound, RepositoryCorrupt
+from sbr_core.errors import DestinationError, ObjectNotFound, RepositoryCorrupt, RepositoryError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class Lock:
         self.created = time.time()
         self._stop = threading.Event()
         self._write(if_absent=key is not None)
+        self.last_refresh = time.monotonic()
+        self.lost = ""
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
                                         name=f"sbr-lock-{self.id[:8]}")
         self._thread.start()
@@ -77,9 +79,28 @@ class Lock:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
             try:
+                self.repo.destination.stat(self.key)
+            except ObjectNotFound:
+                # Someone (a gc that judged us dead) removed it: data we rely on may be gone.
+                self.lost = "the repository lock was removed by another process"
+                return
+            except DestinationError as exc:
+                log.warning("could not check repository lock %s: %s", self.id, exc)
+                continue
+            try:
                 self._write()
+                self.last_refresh = time.monotonic()
             except DestinationError as exc:  # retried at the next tick
                 log.warning("could not refresh repository lock %s: %s", self.id, exc)
+
+    def check(self) -> None:
+        """Raise if the lock can no longer be trusted: a gc may then delete data in use."""
+        if not self.lost and time.monotonic() - self.last_refresh > STALE_SECONDS / 2:
+            self.lost = (f"the repository lock could not be refreshed for "
+                         f"{time.monotonic() - self.last_refresh:.0f} s")
+        if self.lost:
+            raise RepositoryError(f"{self.lost}; stopping so that no backup refers to data a "
+                                  "gc may delete. Run the backup again.")
 
     def release(self) -> None:
         self._stop.set()

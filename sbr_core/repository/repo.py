@@ -91,7 +91,11 @@ def init_repository(destination: Destination, *, passphrase: str | None,
         raise UsageError("an encrypted repository needs a passphrase (SBR_REPO_PASSWORD)")
     if any(True for _ in destination.list("config")):
         raise RepositoryError("a repository already exists there")
-    if any(True for _ in destination.list("")):
+    present = [info.key for info in destination.list("")]
+    if present and all(key.startswith("keys/") for key in present):
+        for key in present:  # left by an init that was interrupted before its config
+            destination.delete(key)
+    elif present:
         raise RepositoryError("the destination is not empty; choose an empty directory, bucket "
                               "or prefix")
     config = RepositoryConfig(id=os.urandom(16).hex(), encryption=encryption,
@@ -129,6 +133,8 @@ def open_repository(destination: Destination, *, passphrase: str | None = None,
     if version > FORMAT_VERSION:
         raise RepositoryError(f"the repository has format version {version}; this SBR reads "
                               f"up to {FORMAT_VERSION}: upgrade SBR")
+    if version < 1:
+        raise RepositoryCorrupt(f"the repository config has an impossible version {version}")
     try:
         config = RepositoryConfig(
             id=str(params["id"]), encryption=str(params["encryption"]),
@@ -137,7 +143,18 @@ def open_repository(destination: Destination, *, passphrase: str | None = None,
             pack_size=int(params["pack_size"]), version=version)
     except (KeyError, TypeError, ValueError):
         raise RepositoryCorrupt("the repository config is incomplete") from None
+    known = {"encryption": (config.encryption, ENCRYPTIONS),
+             "chunking": (config.cdc.get("algorithm"), ("fastcdc-2020",)),
+             "compression": (params.get("compression", {}).get("algorithm"), ("zstd",))}
+    for what, (value, supported) in known.items():
+        if value not in supported:
+            raise RepositoryError(f"the repository uses {what} {value!r}, which this SBR does "
+                                  "not know: upgrade SBR")
     sealer: crypto.Sealer = crypto.Sealer()
+    if config.encryption == "none" and any(True for _ in destination.list("keys/")):
+        # Key files exist only in encrypted repositories: someone rewrote the config.
+        raise RepositoryCorrupt("the repository config says unencrypted, but the repository "
+                                "has key files: the config was altered")
     if config.encryption != "none":
         if not passphrase:
             raise WrongPassphrase("the repository is encrypted: give its passphrase "

@@ -17,9 +17,11 @@ class RetentionRules:
     daily: int | None = None
     weekly: int | None = None
     monthly: int | None = None
+    yearly: int | None = None
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.last, self.daily, self.weekly, self.monthly))
+        return any(v is not None for v in (self.last, self.daily, self.weekly, self.monthly,
+                                           self.yearly))
 
 
 def _when(manifest: Manifest) -> datetime:
@@ -35,6 +37,7 @@ def select_forgettable(manifests: Iterable[Manifest], rules: RetentionRules) -> 
         (rules.daily, lambda t: t.date()),
         (rules.weekly, lambda t: t.isocalendar()[:2]),
         (rules.monthly, lambda t: (t.year, t.month)),
+        (rules.yearly, lambda t: t.year),
     ]
     forgettable: list[Manifest] = []
     for backups in by_name.values():

@@ -165,6 +165,7 @@ class TreeWriter:
                     self.writer.stats["logical_bytes"] += entry.size
                     pending_ids = []
             self.writer.op.check()
+            self.writer.check_lock()
             self.writer.op.progress(self.writer.stats["bytes_read"], 0, "items")
         cutter.cut()
         return tuple(cutter.blobs)

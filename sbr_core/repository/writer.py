@@ -35,6 +35,8 @@ from sbr_core.repository.tree import TreeWriter
 #: Bytes read from a disk in one call: several chunks, so reads are few and large.
 READ_BLOCK = 4 * 1024 * 1024
 WORKERS = 3
+#: A named file is one blob; blob lengths are 32-bit and packs should stay small.
+MAX_FILE_BYTES = 64 * 1024 * 1024
 LOOKAHEAD = 4
 
 
@@ -101,6 +103,10 @@ class BackupWriter:
             raise UsageError("use BackupWriter as a context manager")
         return self._packer
 
+    def check_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.check()
+
     # --- blobs ----------------------------------------------------------------------------
 
     def _encode(self, data: bytes) -> tuple[bytes, bytes | None]:
@@ -128,6 +134,9 @@ class BackupWriter:
         """Keep a small named file with the backup (a VM's configuration, NVRAM)."""
         if not name or "/" in name:
             raise UsageError(f"file name {name!r} must be non-empty and without '/'")
+        if len(data) > MAX_FILE_BYTES:
+            raise UsageError(f"file {name!r} has {len(data)} bytes; files kept with a backup "
+                             f"may have {MAX_FILE_BYTES} at most (store large ones as a tree)")
         self.files[name] = self.store_blob(BlobType.FILE, data)
 
     # --- disks ----------------------------------------------------------------------------
@@ -172,6 +181,7 @@ class BackupWriter:
                 maps.set(index, blob_id)
                 done += length
             self.op.check()
+            self.check_lock()
             self.op.progress(done, total, f"disk {key}")
         record = DiskRecord(key=key, size=size, chunk_size=chunk_size,
                             maps=tuple(maps.finish()), identity=identity, label=label)
@@ -273,6 +283,7 @@ class BackupWriter:
                metadata: dict[str, Any] | None = None) -> Manifest:
         """Store everything, then the manifest; the backup exists from this moment."""
         self.packer.flush()
+        self.check_lock()
         manifest = Manifest(
             id=self.id, name=self.name, kind=self.kind, created=self.created,
             finished=_now(), host=socket.gethostname(),

@@ -126,3 +126,46 @@ def test_pack_and_index_formats_round_trip_and_detect_truncation(sealer: Sealer)
     assert list(decode_index(sealer, index, "index")) == [(b"p" * 32, entries)]
     with pytest.raises(RepositoryCorrupt):
         list(decode_index(sealer, index[: len(index) // 2], "index"))
+
+
+def test_downgrade_to_unencrypted_is_detected(tmp_path: Path) -> None:
+    import hashlib
+
+    destination = make_destination(tmp_path / "r")
+    init_repository(destination, passphrase=PASSPHRASE)
+    config = json.loads(destination.get("config"))
+    config.pop("mac")
+    config["encryption"] = "none"
+    # Recomputing the unencrypted check value is easy; the key files give it away.
+    config["mac"] = hashlib.sha256(json.dumps(config, sort_keys=True,
+                                              separators=(",", ":")).encode()).hexdigest()
+    destination.put("config", json.dumps(config).encode())
+    with pytest.raises(RepositoryCorrupt, match="has key files"):
+        open_repository(destination)
+
+
+def test_init_after_an_interrupted_init_starts_afresh(tmp_path: Path) -> None:
+    destination = make_destination(tmp_path / "r")
+    destination.put("keys/leftover", b"{}")  # an init killed before it wrote its config
+    repo = init_repository(destination, passphrase=PASSPHRASE)
+    assert [i.key for i in destination.list("keys/")] != ["keys/leftover"]
+    assert open_repository(destination, passphrase=PASSPHRASE).config.id == repo.config.id
+
+
+def test_a_writer_whose_lock_was_removed_stops_before_writing_a_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sbr_core.repository import BackupWriter, locks
+
+    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.05)
+    destination = make_destination(tmp_path / "r")
+    repo = init_repository(destination, passphrase=PASSPHRASE)
+    with pytest.raises(RepositoryError, match="lock was removed"), \
+            BackupWriter(repo, name="vm", kind="image") as writer:
+        for info in destination.list("locks/"):
+            destination.delete(info.key)  # what a gc does to a writer it judged dead
+        import time
+
+        time.sleep(0.3)
+        writer.add_file("vm.xml", b"<domain/>")
+        writer.commit()
+    assert repo.backup_ids() == []
