@@ -135,6 +135,9 @@ def _size(n: float) -> str:
 @click.pass_context
 def repo(ctx: click.Context, key_file: str | None) -> None:
     """Work with a backup repository directly (init, backup, restore, verify, gc)."""
+    from sbr_core.repository.memory import use_fixed_mmap_threshold
+
+    use_fixed_mmap_threshold()
     ctx.ensure_object(dict)
     ctx.find_root().ensure_object(dict)
     ctx.find_root().obj["repo_key_file"] = key_file

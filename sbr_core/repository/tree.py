@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyfastcdc
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 TREE_BLOB_MIN = 64 * 1024
 TREE_BLOB_MAX = 1024 * 1024
 _CUT_MASK = 0x3F  # about one cut per 64 records past the minimum
-READ_BLOCK = 1024 * 1024
+BATCH_BYTES = 2 * 1024 * 1024  # content handed to a worker at once
+CDC_BLOCK = 8 * 1024 * 1024  # content read and cut at once
 _CONTENT_KINDS = (EntryKind.FILE, EntryKind.ITEM)
 
 
@@ -143,7 +144,7 @@ class TreeWriter:
                    else self._merge_delta(entries, set(removed)))
         cutter = _Cutter(self.writer)
         pending_ids: list[bytes] = []
-        work = ordered_map(self._encode_batch, self._batches(ordered), workers=3, lookahead=6)
+        work = ordered_map(self._encode_batch, self._batches(ordered), workers=3, lookahead=4)
         for batch in work:
             for item in batch:
                 if item[0] == "chunk":
@@ -219,7 +220,7 @@ class TreeWriter:
                     for chunk in self._chunks(entry):
                         batch.append(("chunk", chunk))
                         size += len(chunk)
-                        if size >= 4 * READ_BLOCK:
+                        if size >= BATCH_BYTES:
                             yield batch
                             batch, size = [], 0
                 except (ItemUnavailable, OSError) as exc:
@@ -237,19 +238,47 @@ class TreeWriter:
             yield batch
 
     def _chunks(self, entry: Entry) -> Iterator[bytes]:
+        """Content-defined chunks of an entry's content, read in blocks of at most
+        ``CDC_BLOCK``. The last chunk of a block is not a real cut: it is carried into the next
+        block, so the cuts are the same as over the whole stream."""
         assert entry.open is not None
         stream: BinaryIO = entry.open()
         try:
-            head = stream.read(self.cdc_min)
-            if len(head) < self.cdc_min:
-                if head:
-                    yield head
-                return
-            rest = _Prefixed(head, stream)
-            for chunk in self.chunker.cut_stream(rest):
-                yield bytes(chunk.data)
+            # Sized reads: a small file never costs a block-sized buffer.
+            want = entry.size + 1 if 0 <= entry.size < CDC_BLOCK else CDC_BLOCK
+            carried = b""
+            while True:
+                data = stream.read(want)
+                want = CDC_BLOCK
+                at_end = not data
+                buffer = carried + data if carried else data
+                if not buffer:
+                    return
+                if at_end or len(buffer) < self.cdc_min:
+                    if at_end:
+                        yield from self._cut(buffer, keep_last=True)
+                        return
+                    carried = buffer
+                    continue
+                carried = yield from self._cut(buffer, keep_last=False)
         finally:
             stream.close()
+
+    def _cut(self, buffer: bytes, *, keep_last: bool) -> Generator[bytes, None, bytes]:
+        """Yield the chunks of ``buffer``; return the unfinished tail unless ``keep_last``."""
+        if len(buffer) <= self.cdc_min:
+            if keep_last:
+                yield buffer
+            return buffer if not keep_last else b""
+        view = memoryview(buffer)
+        chunks = list(self.chunker.cut_buf(view))
+        tail = b""
+        if not keep_last:
+            last = chunks.pop()
+            tail = bytes(view[last.offset:])
+        for chunk in chunks:
+            yield bytes(view[chunk.offset:chunk.offset + chunk.length])
+        return tail
 
     def _encode_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
@@ -261,26 +290,3 @@ class TreeWriter:
             else:
                 out.append(item)
         return out
-
-
-class _Prefixed:
-    """A stream that first returns ``head``, then the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self.head = head
-        self.stream = stream
-
-    def read(self, size: int = -1) -> bytes:
-        if self.head:
-            if size < 0 or size >= len(self.head):
-                head, self.head = self.head, b""
-                more = self.stream.read(-1 if size < 0 else size - len(head))
-                return head + more
-            head, self.head = self.head[:size], self.head[size:]
-            return head
-        return self.stream.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
