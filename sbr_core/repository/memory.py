@@ -7,7 +7,6 @@ across one arena per thread, and the process keeps the pages (measured: 282 MB p
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -23,7 +22,7 @@ def use_fixed_mmap_threshold() -> bool:
     if not sys.platform.startswith("linux") or _THRESHOLD <= 0:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # find_library would spawn ldconfig: slow
         arenas = int(os.environ.get("SBR_MALLOC_ARENAS", "2"))
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(
             arenas <= 0 or libc.mallopt(_M_ARENA_MAX, arenas))

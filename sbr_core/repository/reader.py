@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sbr_core.errors import RepositoryCorrupt, UsageError
-from sbr_core.models import EntryKind
+from sbr_core.models import Entry, EntryKind
 from sbr_core.operation import Operation
 from sbr_core.repository.format import ZERO_ID, BlobLocation, decode_blob
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
@@ -166,75 +166,126 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
                  on_entry: Callable[[str], None] | None = None) -> dict[str, int]:
     """Recreate a backed-up tree under ``target`` (only ``include`` and below when given).
 
-    Files are written to a temp name and renamed, so an interrupted restore never leaves a
-    half-written file under its real name. Directory times are set last.
+    Records go to worker threads in batches: the chunks of a batch's small files are fetched
+    with as few ranged reads as their packs allow, and the files are written there too.
+    Each file is written to a temp name and renamed, so an interrupted restore never leaves
+    a half-written file under its real name. Directory times and modes are set last.
     """
     if manifest.tree is None:
         raise UsageError(f"backup {manifest.id[:8]} has no file tree")
     op = op or Operation()
     target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
-    counts = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
+    restorer = _TreeRestorer(repo, target.resolve())
     want = path_key(include.strip("/")) if include.strip("/") else ()
 
     def selected(path: str) -> bool:
         return path_key(path)[:len(want)] == want
 
-    def place(path: str) -> Path:
-        destination = (root / path).resolve()
-        if destination != root and root not in destination.parents:
-            raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore target")
-        return destination
-
     records = (r for r in iter_records(repo, manifest.tree) if selected(r["path"]))
-    work = ((record, record_chunks(record)) for record in records)
-    for record, datas in ordered_map(
-            lambda item: (item[0], _content(repo, item[1])), work, workers=WORKERS,
-            lookahead=LOOKAHEAD):
-        entry = entry_of(record)
-        destination = place(entry.path)
-        if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER):
-            destination.mkdir(parents=True, exist_ok=True)
-            counts["directories"] += 1
-        elif entry.kind == EntryKind.SYMLINK:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if destination.is_symlink() or destination.exists():
-                destination.unlink()
-            os.symlink(entry.link_target, destination)
-            counts["links"] += 1
-        else:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            temp = destination.with_name(f".sbr-restore-{destination.name}")
-            with open(temp, "wb") as out:
-                for data in datas:
-                    out.write(data)
-                    counts["bytes"] += len(data)
-            if entry.mode:
-                os.chmod(temp, stat.S_IMODE(entry.mode))
-            if entry.mtime_ns:
-                os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
-            os.replace(temp, destination)
-            counts["files"] += 1
+    totals = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
+    for counts, paths in ordered_map(restorer.restore_batch, _record_batches(records),
+                                     workers=WORKERS, lookahead=LOOKAHEAD):
+        for name, value in counts.items():
+            totals[name] += value
         if on_entry is not None:
-            on_entry(entry.path)
+            for path in paths:
+                on_entry(path)
         op.check()
-        op.progress(counts["bytes"], 0, entry.path)
+        op.progress(totals["bytes"], 0, paths[-1] if paths else "")
     for record in iter_records(repo, manifest.tree):  # directories' times and modes last
         entry = entry_of(record)
-        if entry.kind == EntryKind.DIRECTORY and selected(entry.path):
-            destination = place(entry.path)
+        if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER) and selected(entry.path):
+            destination = restorer.place(entry.path)
             if entry.mode:
                 os.chmod(destination, stat.S_IMODE(entry.mode))
             if entry.mtime_ns:
                 os.utime(destination, ns=(entry.mtime_ns, entry.mtime_ns))
-    return counts
+    return totals
 
 
-def _content(repo: Repository, chunks: list[bytes]) -> Iterator[bytes]:
-    """A file's chunks; small files are fetched on the worker, large ones stream later."""
-    if len(chunks) <= 8:
-        return iter(fetch_blobs(repo, chunks))
-    return (data for batch in batched(chunks, 8) for data in fetch_blobs(repo, batch))
+#: A restore batch holds up to this many records, or this many bytes of small files.
+_BATCH_RECORDS = 256
+_BATCH_BYTES = 4 * 1024 * 1024
+_SMALL_FILE_CHUNKS = 4
+
+
+def _record_batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        batch.append(record)
+        size += int(record.get("size", 0)) if len(record.get("chunks", ())) \
+            <= _SMALL_FILE_CHUNKS else 0
+        if len(batch) >= _BATCH_RECORDS or size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _TreeRestorer:
+    """Writes batches of records below ``root``; safe to run on several threads."""
+
+    def __init__(self, repo: Repository, root: Path) -> None:
+        self.repo = repo
+        self.root = root
+
+    def place(self, path: str) -> Path:
+        destination = (self.root / path).resolve()
+        if destination != self.root and self.root not in destination.parents:
+            raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore target")
+        return destination
+
+    def restore_batch(self, batch: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
+        counts = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
+        small = [c for r in batch if len(r.get("chunks", ())) <= _SMALL_FILE_CHUNKS
+                 for c in record_chunks(r)]
+        fetched = iter(fetch_blobs(self.repo, small)) if small else iter(())
+        made: set[Path] = set()
+        for record in batch:
+            entry = entry_of(record)
+            destination = self.place(entry.path)
+            if destination.parent not in made:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                made.add(destination.parent)
+            if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER):
+                destination.mkdir(exist_ok=True)
+                made.add(destination)
+                counts["directories"] += 1
+            elif entry.kind == EntryKind.SYMLINK:
+                if destination.is_symlink() or destination.exists():
+                    destination.unlink()
+                os.symlink(entry.link_target, destination)
+                counts["links"] += 1
+            else:
+                chunks = record_chunks(record)
+                datas: Iterator[bytes] = (
+                    (next(fetched) for _ in chunks) if len(chunks) <= _SMALL_FILE_CHUNKS
+                    else (d for part in batched(chunks, 8)
+                          for d in fetch_blobs(self.repo, part)))
+                counts["bytes"] += self._write_file(destination, entry, datas)
+                counts["files"] += 1
+        return counts, [r["path"] for r in batch]
+
+    @staticmethod
+    def _write_file(destination: Path, entry: Entry, datas: Iterator[bytes]) -> int:
+        temp = destination.with_name(f".sbr-restore-{destination.name}")
+        written = 0
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for data in datas:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                written += len(data)
+            if entry.mode:
+                os.fchmod(fd, stat.S_IMODE(entry.mode))
+            if entry.mtime_ns:
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        os.replace(temp, destination)
+        return written
 
 
 def open_item(repo: Repository, manifest: Manifest, path: str
