@@ -209,6 +209,7 @@ def backup_image(dest: str, name: str, file: Path, parent: str | None,
     try:
         if changed_extents:
             extents = read_extents_file(changed_extents, image.size)
+            image.prefetch(extents)
         else:
             extents = list(image.allocated_extents())
         total = sum(e.length for e in extents)
@@ -216,7 +217,8 @@ def backup_image(dest: str, name: str, file: Path, parent: str | None,
                 BackupWriter(repository, name=name, kind="image", parent=base, tags=tags,
                              op=op) as writer:
             writer.add_disk("disk", image.size, extents, image.read,
-                            full=changed_extents is None, label=str(file))
+                            full=changed_extents is None, label=str(file),
+                            parallel_reads=True)
             manifest = writer.commit(metadata={"source": str(file.resolve())})
     finally:
         image.close()

@@ -143,14 +143,16 @@ class BackupWriter:
 
     def add_disk(self, key: str, size: int, extents: Iterable[Extent],
                  read: Callable[[int, int], bytes], *, full: bool = True, identity: str = "",
-                 label: str = "") -> DiskRecord:
+                 label: str = "", parallel_reads: bool = False) -> DiskRecord:
         """Back up one disk of ``size`` bytes.
 
         ``extents`` (in offset order) are the allocated ranges for a full backup, or the
         changed ranges since the parent's backup of disk ``key`` for an incremental;
         ``zero`` extents are recorded as zeros and never read. Chunks that an extent touches
         are read whole with ``read(offset, length)``. In an incremental every other chunk is
-        taken from the parent unread; in a full one it is zero.
+        taken from the parent unread; in a full one it is zero. Reads come in offset order
+        from one thread, unless ``parallel_reads`` says ``read`` may run on several threads
+        in any order (a local file or block device: the reads then overlap).
         """
         if size < 0:
             raise UsageError(f"disk {key!r}: size must not be negative")
@@ -169,7 +171,8 @@ class BackupWriter:
         total = sum(e.length for e in extents) if isinstance(extents, list | tuple) else 0
         done = 0
         results = ordered_map(self._encode_chunks, self._disk_work(size, chunk_size, extents,
-                                                                   read, full=full),
+                                                                   read, full=full,
+                                                                   parallel=parallel_reads),
                               workers=WORKERS, lookahead=LOOKAHEAD)
         for batch in results:
             for index, blob_id, stored, length, zero_bytes in batch:
@@ -189,8 +192,8 @@ class BackupWriter:
         return record
 
     def _disk_work(self, size: int, chunk_size: int, extents: Iterable[Extent],
-                   read: Callable[[int, int], bytes], *, full: bool
-                   ) -> Iterator[list[tuple[int, bytes | None, int]]]:
+                   read: Callable[[int, int], bytes], *, full: bool, parallel: bool
+                   ) -> Iterator[list[tuple[int, bytes | None, int]] | _ReadJob]:
         """Batches of (chunk index, data, length), read in big blocks; a zero run is one
         item (first chunk, None, chunk count)."""
         next_chunk = 0  # chunks below this one are done
@@ -214,7 +217,8 @@ class BackupWriter:
                     # bytes: read it whole, so the zeroed part is not restored as old data.
                     head = extent.offset // chunk_size
                     if extent.offset % chunk_size and head >= next_chunk:
-                        yield from self._read_chunks(head, head + 1, size, chunk_size, read)
+                        yield from self._read_chunks(head, head + 1, size, chunk_size, read,
+                                                       parallel)
                         next_chunk = head + 1
                         first = max(first, next_chunk)
                 if last > first:
@@ -223,37 +227,34 @@ class BackupWriter:
                 tail = extent.end // chunk_size
                 if not full and extent.end < size and extent.end % chunk_size \
                         and tail >= next_chunk:
-                    yield from self._read_chunks(tail, tail + 1, size, chunk_size, read)
+                    yield from self._read_chunks(tail, tail + 1, size, chunk_size, read,
+                                                       parallel)
                     next_chunk = tail + 1
                 continue
             first = max(extent.offset // chunk_size, next_chunk)
             last = -(-extent.end // chunk_size)
-            yield from self._read_chunks(first, last, size, chunk_size, read)
+            yield from self._read_chunks(first, last, size, chunk_size, read, parallel)
             next_chunk = max(next_chunk, last)
 
     def _read_chunks(self, first: int, last: int, size: int, chunk_size: int,
-                     read: Callable[[int, int], bytes]
-                     ) -> Iterator[list[tuple[int, bytes | None, int]]]:
-        """Read chunks [first, last) whole, in blocks of up to READ_BLOCK."""
+                     read: Callable[[int, int], bytes], parallel: bool
+                     ) -> Iterator[list[tuple[int, bytes | None, int]] | _ReadJob]:
+        """Chunks [first, last), read whole in blocks of up to READ_BLOCK: here, or by the
+        worker that encodes them when reads may run in parallel."""
         position = first
         while position < last:
             stop = min(last, position + READ_BLOCK // chunk_size)
-            offset = position * chunk_size
-            length = min(stop * chunk_size, size) - offset
-            data = read(offset, length)
-            if len(data) != length:
-                raise UsageError(f"disk read at {offset} returned {len(data)} bytes, not "
-                                 f"{length}")
-            self.stats["bytes_read"] += length
-            yield [(position + i, data[i * chunk_size:(i + 1) * chunk_size],
-                    min(chunk_size, length - i * chunk_size))
-                   for i in range(stop - position)]
+            job = _ReadJob(position, stop, chunk_size, size, read)
+            self.stats["bytes_read"] += job.length
+            yield job if parallel else job.load()
             position = stop
 
-    def _encode_chunks(self, batch: list[tuple[int, bytes | None, int]]
+    def _encode_chunks(self, batch: list[tuple[int, bytes | None, int]] | _ReadJob
                        ) -> list[tuple[int, bytes, bytes | None, int, int]]:
         """(chunk index, id, stored bytes or None, length or zero chunk count, zero bytes
         read) per item; runs on the worker threads."""
+        if isinstance(batch, _ReadJob):
+            batch = batch.load()
         out: list[tuple[int, bytes, bytes | None, int, int]] = []
         zero = _zero_block(self.repo.config.image_chunk_size)
         for index, data, length in batch:
@@ -295,6 +296,25 @@ class BackupWriter:
         self._committed = True
         self.packer.close()
         return manifest
+
+
+class _ReadJob:
+    """Chunks [first, stop) of a disk, to be read in one call."""
+
+    def __init__(self, first: int, stop: int, chunk_size: int, size: int,
+                 read: Callable[[int, int], bytes]) -> None:
+        self.first, self.stop, self.chunk_size, self.read = first, stop, chunk_size, read
+        self.offset = first * chunk_size
+        self.length = min(stop * chunk_size, size) - self.offset
+
+    def load(self) -> list[tuple[int, bytes | None, int]]:
+        data = self.read(self.offset, self.length)
+        if len(data) != self.length:
+            raise UsageError(f"disk read at {self.offset} returned {len(data)} bytes, not "
+                             f"{self.length}")
+        size = self.chunk_size
+        return [(self.first + i, data[i * size:(i + 1) * size],
+                 min(size, self.length - i * size)) for i in range(self.stop - self.first)]
 
 
 _ZEROS: dict[int, bytes] = {}
