@@ -330,7 +330,7 @@ def verify(dest: str, backup_ids: tuple[str, ...], as_json: bool) -> None:
     """Re-read and check every chunk of the given backups (all when none are given).
 
     Exits with 1 and names the damaged backups when anything is wrong."""
-    from sbr_core.repository import verify as run_verify
+    from sbr_core.repository.verify import verify as run_verify
 
     repository = _open(dest)
     with _progress("verify", 0, enabled=not as_json) as op, repository.reading():

@@ -1,6 +1,8 @@
 """The backup repository: deduplicated, compressed, optionally encrypted storage of backups
 on any destination. docs/repository-format.md describes the format; this package is its one
-implementation. Names load on first use, so a command pays only for the parts it runs."""
+implementation. Names load on first use, so a command pays only for the parts it runs.
+(``verify`` is not here: the submodule of that name would shadow it; import it from
+:mod:`sbr_core.repository.verify`.)"""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
         restore_tree,
     )
     from sbr_core.repository.repo import Repository, init_repository, open_repository
-    from sbr_core.repository.verify import VerifyReport, verify
+    from sbr_core.repository.verify import VerifyReport
     from sbr_core.repository.writer import BackupWriter
 
 _WHERE = {
@@ -26,14 +28,14 @@ _WHERE = {
     "DiskImageReader": "reader", "open_item": "reader", "restore_disk": "reader",
     "restore_tree": "reader",
     "Repository": "repo", "init_repository": "repo", "open_repository": "repo",
-    "VerifyReport": "verify", "verify": "verify",
+    "VerifyReport": "verify",
     "BackupWriter": "writer",
 }
 
 __all__ = [
     "BackupWriter", "DiskImageReader", "DiskRecord", "GcReport", "Manifest", "Repository",
     "VerifyReport", "collect_garbage", "forget", "init_repository", "open_item",
-    "open_repository", "restore_disk", "restore_tree", "verify",
+    "open_repository", "restore_disk", "restore_tree",
 ]
 
 

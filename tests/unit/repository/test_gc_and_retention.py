@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sbr_core.models import Extent
 from sbr_core.repository import BackupWriter, Manifest, Repository, collect_garbage, forget
-from sbr_core.repository import verify as run_verify
 from sbr_core.repository.retention import RetentionRules, select_forgettable
+from sbr_core.repository.verify import verify as run_verify
 from tests.unit.repository.conftest import BackupImage, CountingImage, restored_bytes
 
 

@@ -15,11 +15,11 @@ from sbr_core.repository import (
     Repository,
     collect_garbage,
     forget,
-    verify,
 )
 from sbr_core.repository.format import ZERO_ID
 from sbr_core.repository.manifest import MAP_ENTRIES
 from sbr_core.repository.reader import disk_chunk_ids
+from sbr_core.repository.verify import verify
 from tests.unit.repository.conftest import (
     CHUNK,
     BackupImage,
