@@ -79,6 +79,9 @@ def manifest_blobs(repo: Repository, manifest: Manifest) -> Iterator[bytes]:
                 chunk = data[position:position + 32]
                 if chunk != ZERO_ID:
                     yield chunk
+        if remaining > 0:
+            raise RepositoryCorrupt(f"disk {disk.key!r} of backup {manifest.id[:8]} lists too "
+                                    "few chunk maps")
     yield from manifest.files.values()
     if manifest.tree is not None:
         yield from manifest.tree
@@ -160,7 +163,11 @@ def take_gc_lock(repo: Repository) -> locks.Lock:
         try:
             return locks.Lock(repo, "gc", key=GC_LOCK_KEY)
         except ObjectExists:
-            holder = locks.read_lock(repo, GC_LOCK_KEY, time.time())
+            try:
+                mtime = repo.destination.stat(GC_LOCK_KEY).mtime
+            except ObjectNotFound:
+                continue
+            holder = locks.read_lock(repo, GC_LOCK_KEY, mtime)
             if holder is None:
                 continue
             if holder.stale():

@@ -103,6 +103,10 @@ def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
                 workers=WORKERS, lookahead=LOOKAHEAD):
             for (index, blob_id), data in zip(batch, datas, strict=True):
                 offset = index * chunk_size
+                if blob_id != ZERO_ID and len(data) != min(chunk_size, disk.size - offset):
+                    raise RepositoryCorrupt(f"chunk {index} of disk {disk.key!r} holds "
+                                            f"{len(data)} bytes, not "
+                                            f"{min(chunk_size, disk.size - offset)}")
                 if blob_id == ZERO_ID:
                     if is_device:
                         data = bytes(min(chunk_size, disk.size - offset))
@@ -136,6 +140,10 @@ class DiskImageReader:
         data = self._maps.get(piece)
         if data is None:
             data = self.repo.read_blob(self.disk.maps[piece])
+            expected = min(MAP_ENTRIES, self.disk.chunk_count - piece * MAP_ENTRIES) * 32
+            if len(data) != expected:
+                raise RepositoryCorrupt(f"chunk map {self.disk.maps[piece].hex()[:16]} of disk "
+                                        f"{self.disk.key!r} has the wrong length")
             self._maps[piece] = data
             while len(self._maps) > 8:
                 self._maps.popitem(last=False)
@@ -155,6 +163,9 @@ class DiskImageReader:
             blob_id = self._chunk_id(index)
             data = (bytes(chunk_len) if blob_id == ZERO_ID
                     else self.repo.read_blob(blob_id, cache=True))
+            if len(data) != chunk_len:
+                raise RepositoryCorrupt(f"chunk {index} of disk {self.disk.key!r} holds "
+                                        f"{len(data)} bytes, not {chunk_len}")
             stop = min(end, chunk_start + chunk_len)
             parts.append(data[position - chunk_start:stop - chunk_start])
             position = stop

@@ -14,6 +14,7 @@ exists whole or not at all.
 
 from __future__ import annotations
 
+import heapq
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -166,9 +167,16 @@ class BackupWriter:
                     identity and base.identity and identity != base.identity):
                 raise UsageError(f"disk {key!r}: an incremental needs the parent backup's "
                                  "copy of this disk; back it up in full")
+        total = sum(e.length for e in extents) if isinstance(extents, list | tuple) else 0
+        if base is not None and base.size != size:
+            # A resized disk: the chunks at the old and the new end change length, so they
+            # are read again whether or not an extent says so.
+            ends = sorted({(n - 1) // chunk_size for n in (base.size, size) if 0 < n <= size})
+            extra = [Extent(i * chunk_size, min(chunk_size, size - i * chunk_size))
+                     for i in ends]
+            extents = heapq.merge(extents, extra, key=lambda e: e.offset)
         maps = _MapBuilder(self, size, chunk_size, base)
         self.stats["logical_bytes"] += size
-        total = sum(e.length for e in extents) if isinstance(extents, list | tuple) else 0
         done = 0
         results = ordered_map(self._encode_chunks, self._disk_work(size, chunk_size, extents,
                                                                    read, full=full,

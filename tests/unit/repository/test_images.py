@@ -204,3 +204,15 @@ def test_extents_out_of_order_are_refused(repo: Repository) -> None:
     with pytest.raises(UsageError, match="offset order"), \
             BackupWriter(repo, name="vm", kind="image") as writer:
         writer.add_disk("vda", image.size, [Extent(CHUNK * 2, 10), Extent(0, 10)], image.read)
+
+
+def test_grown_disk_whose_old_last_chunk_was_short(repo: Repository, backup_image: BackupImage,
+                                                   tmp_path: Path) -> None:
+    image = CountingImage(os.urandom(CHUNK * 3 + 1000))  # the last chunk holds 1000 bytes
+    full = backup_image(image)
+    image.data += os.urandom(CHUNK)  # grown; the old short chunk is now full
+    incremental = backup_image(image, parent=full,
+                               changed=[Extent(CHUNK * 3 + 1000, CHUNK)])
+    assert restored_bytes(repo, incremental, tmp_path) == image.data
+    assert DiskImageReader(repo, incremental.disks[0]).read(CHUNK * 3, 2000) \
+        == bytes(image.data[CHUNK * 3:CHUNK * 3 + 2000])
