@@ -210,9 +210,10 @@ def test_grown_disk_whose_old_last_chunk_was_short(repo: Repository, backup_imag
                                                    tmp_path: Path) -> None:
     image = CountingImage(os.urandom(CHUNK * 3 + 1000))  # the last chunk holds 1000 bytes
     full = backup_image(image)
-    image.data += os.urandom(CHUNK)  # grown; the old short chunk is now full
-    incremental = backup_image(image, parent=full,
-                               changed=[Extent(CHUNK * 3 + 1000, CHUNK)])
+    # Grown by two chunks: new space reads as zeros, and only chunk 4 was written to, so no
+    # extent touches the old short chunk.
+    image.data += bytes(CHUNK - 1000) + os.urandom(CHUNK)
+    incremental = backup_image(image, parent=full, changed=[Extent(CHUNK * 4, CHUNK)])
     assert restored_bytes(repo, incremental, tmp_path) == image.data
     assert DiskImageReader(repo, incremental.disks[0]).read(CHUNK * 3, 2000) \
         == bytes(image.data[CHUNK * 3:CHUNK * 3 + 2000])
