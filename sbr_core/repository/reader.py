@@ -223,7 +223,13 @@ _SMALL_FILE_CHUNKS = 4
 def _record_batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     size = 0
+    link: tuple[str, ...] | None = None
     for record in records:
+        key = path_key(record["path"])
+        if link is not None and key[:len(link)] == link and len(key) > len(link):
+            # Children follow their parent in path order: none may sit below a symlink.
+            raise RepositoryCorrupt(f"tree entry {record['path']!r} is below a symlink")
+        link = key if record.get("kind") == EntryKind.SYMLINK.value else link
         batch.append(record)
         size += int(record.get("size", 0)) if len(record.get("chunks", ())) \
             <= _SMALL_FILE_CHUNKS else 0
@@ -240,12 +246,26 @@ class _TreeRestorer:
     def __init__(self, repo: Repository, root: Path) -> None:
         self.repo = repo
         self.root = root
+        self._safe: set[Path] = {root}  # directories already resolved inside root
 
     def place(self, path: str) -> Path:
-        destination = (self.root / path).resolve()
-        if destination != self.root and self.root not in destination.parents:
-            raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore target")
-        return destination
+        """Where an entry goes; refuses anything that would land outside the target.
+
+        Names are checked as text (no '..', no absolute path); the parent directory is
+        resolved once, so a symlink already in the target cannot redirect the write.
+        """
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+                or "\0" in path:
+            raise RepositoryCorrupt(f"tree entry {path!r} is not a relative path")
+        parent = self.root.joinpath(*parts[:-1])
+        if parent not in self._safe:
+            resolved = parent.resolve()
+            if resolved != self.root and self.root not in resolved.parents:
+                raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore "
+                                        "target")
+            self._safe.add(parent)
+        return parent / parts[-1]
 
     def restore_batch(self, batch: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
         counts = {"files": 0, "directories": 0, "links": 0, "bytes": 0}

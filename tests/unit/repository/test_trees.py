@@ -147,3 +147,19 @@ def test_unreadable_item_is_skipped_and_reported(repo: Repository) -> None:
     assert manifest.stats["skipped"] == 1
     assert manifest.tree is not None
     assert [r["path"] for r in iter_records(repo, manifest.tree)] == ["inbox/1", "inbox/3"]
+
+
+@pytest.mark.parametrize("entries", [
+    [Entry(path="a", kind=EntryKind.SYMLINK, link_target="/tmp"), item("a/evil", "1", b"x")],
+    [item("../escape", "1", b"x")],
+], ids=["below-a-symlink", "dot-dot"])
+def test_restore_never_writes_outside_the_target(repo: Repository, tmp_path: Path,
+                                                 entries: list[Entry]) -> None:
+    from sbr_core.errors import RepositoryCorrupt
+
+    with BackupWriter(repo, name="m", kind="path") as writer:
+        writer.add_tree(entries)
+        manifest = writer.commit()
+    with pytest.raises(RepositoryCorrupt, match=r"below a symlink|not a relative path"):
+        restore_tree(repo, manifest, tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
