@@ -116,3 +116,9 @@ class Destination(Provider):
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size and time of one object. Raises ObjectNotFound."""
+
+    def remove_abandoned(self, older_than: float) -> int:
+        """Remove what writes that never finished left behind (temp files, incomplete
+        multipart uploads) and that is older than ``older_than`` seconds; returns how many.
+        Called by the repository's garbage collection. The default has nothing to remove."""
+        return 0

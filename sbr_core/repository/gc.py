@@ -116,6 +116,8 @@ class GcReport:
     packs_repacked: int = 0
     packs_kept: int = 0
     stale_locks_removed: int = 0
+    abandoned_removed: int = 0
+    packs_skipped_damaged: list[str] = attrs.field(factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -129,6 +131,9 @@ def collect_garbage(repo: Repository, *, wait: float = 0.0,
     report = GcReport()
     gc_lock = take_gc_lock(repo)
     try:
+        # Temp files and unfinished uploads of killed writers: old enough that no live
+        # writer (whose lock would be fresh) can still be finishing them.
+        report.abandoned_removed = repo.destination.remove_abandoned(locks.STALE_SECONDS)
         deadline = time.monotonic() + wait
         plans = _plans(repo)
         for key, plan in list(plans):
@@ -240,10 +245,18 @@ def _mark(repo: Repository, report: GcReport) -> str | None:
         packer = Packer(repo)
         try:
             for pack_id, live in to_repack:
-                for blob_type, blob_id, offset, length, raw_length in live:
-                    stored = repo.get_pack_range(pack_id, offset, length)
-                    decode_blob(repo.sealer, blob_id, stored, raw_length,
-                                f"blob {blob_id.hex()[:16]}")  # copy only what is sound
+                try:  # copy only what is sound; a damaged pack stays for verify to report
+                    blobs = [(entry, repo.get_pack_range(pack_id, entry[2], entry[3]))
+                             for entry in live]
+                    for (_t, blob_id, _o, _n, raw_length), stored in blobs:
+                        decode_blob(repo.sealer, blob_id, stored, raw_length,
+                                    f"blob {blob_id.hex()[:16]} in pack {pack_id.hex()[:16]}")
+                except RepositoryCorrupt as exc:
+                    log.warning("not repacking pack %s: %s (run `sbr repo verify`)",
+                                pack_id.hex(), exc)
+                    report.packs_skipped_damaged.append(pack_id.hex())
+                    continue
+                for (blob_type, blob_id, _o, _n, raw_length), stored in blobs:
                     packer.pending.discard(blob_id)
                     packer.add(blob_type, blob_id, stored, raw_length)
                 condemned.add(pack_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +232,26 @@ class FilesystemDestination(Destination):
                 except FileNotFoundError:
                     continue  # deleted by another node since scandir: not an object any more
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def remove_abandoned(self, older_than: float) -> int:
+        """Delete temp files of writes killed midway, once older than ``older_than`` s."""
+        root = self._root()
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, _dirs, files in os.walk(root):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # finished or removed meanwhile
+                except OSError as exc:
+                    self._raise(exc, f"cannot remove the abandoned temp file {path}")
+        return removed
 
     def delete(self, key: str) -> None:
         """Unlink the object's file; a missing one is fine."""

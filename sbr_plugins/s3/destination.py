@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -448,6 +449,25 @@ class S3Destination(Destination):
             self._fail(exc, f"cannot delete {key!r}")
         except _botocore().BotoCoreError as exc:
             self._fail(exc, f"cannot delete {key!r}")
+
+    def remove_abandoned(self, older_than: float) -> int:
+        """Abort multipart uploads under the prefix started more than ``older_than`` s ago
+        (a writer killed midway); their parts are billed until aborted."""
+        client, bucket = self._client(), self.config.bucket
+        prefix = f"{self._root}/" if self._root else ""
+        cutoff = time.time() - older_than
+        aborted = 0
+        try:
+            paginator = client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"].timestamp() < cutoff:
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                      UploadId=upload["UploadId"])
+                        aborted += 1
+        except _boto_errors() as exc:
+            self._fail(exc, "cannot clean up unfinished multipart uploads")
+        return aborted
 
     def test_connection(self) -> None:
         """Check the bucket, then write, read back and delete a probe object."""

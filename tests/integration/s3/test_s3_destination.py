@@ -453,3 +453,16 @@ def test_loading_the_plugin_does_not_import_boto3(sbr_env: dict[str, str]) -> No
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_abandoned_multipart_uploads_under_the_prefix_are_aborted(
+        make_destination: Any, s3_server: Any, bucket: str) -> None:
+    destination = make_destination(prefix="repo")
+    client = s3_server.client()
+    mine = client.create_multipart_upload(Bucket=bucket, Key="repo/packs/ab/killed")
+    other = client.create_multipart_upload(Bucket=bucket, Key="elsewhere/killed")
+    # moto reports every upload as initiated in 2010, so "too young to abort" cannot be
+    # shown here; the age test is a plain comparison with the Initiated time S3 returns.
+    assert destination.remove_abandoned(0) == 1
+    left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket)["Uploads"]}
+    assert left == {other["UploadId"]} and mine["UploadId"] not in left
