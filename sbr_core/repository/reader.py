@@ -179,8 +179,8 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
 
     Records go to worker threads in batches: the chunks of a batch's small files are fetched
     with as few ranged reads as their packs allow, and the files are written there too.
-    Each file is written to a temp name and renamed, so an interrupted restore never leaves
-    a half-written file under its real name. Directory times and modes are set last.
+    A file that fails to be written is removed; an interrupted restore is run again.
+    Directory times and modes are set last.
     """
     if manifest.tree is None:
         raise UsageError(f"backup {manifest.id[:8]} has no file tree")
@@ -300,9 +300,13 @@ class _TreeRestorer:
 
     @staticmethod
     def _write_file(destination: Path, entry: Entry, datas: Iterator[bytes]) -> int:
-        temp = destination.with_name(f".sbr-restore-{destination.name}")
+        """Write one file in place (a temp name and a rename per file doubled the directory
+        work and made restores of many small files twice as slow on ext4); a file whose
+        write fails is removed, and running the restore again rewrites it."""
         written = 0
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if destination.is_symlink():
+            destination.unlink()
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for data in datas:
                 view = memoryview(data)
@@ -313,9 +317,11 @@ class _TreeRestorer:
                 os.fchmod(fd, stat.S_IMODE(entry.mode))
             if entry.mtime_ns:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        finally:
+        except BaseException:
             os.close(fd)
-        os.replace(temp, destination)
+            destination.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         return written
 
 

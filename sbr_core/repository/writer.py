@@ -34,7 +34,7 @@ from sbr_core.repository.repo import Repository
 from sbr_core.repository.tree import TreeWriter
 
 #: Bytes read from a disk in one call: several chunks, so reads are few and large.
-READ_BLOCK = 4 * 1024 * 1024
+READ_BLOCK = 1024 * 1024
 WORKERS = 3
 #: A named file is one blob; blob lengths are 32-bit and packs should stay small.
 MAX_FILE_BYTES = 64 * 1024 * 1024
