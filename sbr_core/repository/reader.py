@@ -98,24 +98,32 @@ def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
             os.ftruncate(fd, disk.size)
         chunk_size = disk.chunk_size
         batches = batched(enumerate(disk_chunk_ids(repo, disk)), 32)
-        for batch, datas in ordered_map(
-                lambda b: (b, fetch_blobs(repo, [blob_id for _, blob_id in b])), batches,
-                workers=WORKERS, lookahead=LOOKAHEAD):
+
+        def fetch_and_write(batch: list[tuple[int, bytes]]) -> tuple[int, int]:
+            """On a worker: read a batch's chunks and write them at their offsets."""
+            datas = fetch_blobs(repo, [blob_id for _, blob_id in batch])
+            done = 0
             for (index, blob_id), data in zip(batch, datas, strict=True):
                 offset = index * chunk_size
-                if blob_id != ZERO_ID and len(data) != min(chunk_size, disk.size - offset):
-                    raise RepositoryCorrupt(f"chunk {index} of disk {disk.key!r} holds "
-                                            f"{len(data)} bytes, not "
-                                            f"{min(chunk_size, disk.size - offset)}")
+                length = min(chunk_size, disk.size - offset)
                 if blob_id == ZERO_ID:
-                    if is_device:
-                        data = bytes(min(chunk_size, disk.size - offset))
-                    else:
-                        continue
-                os.pwrite(fd, data, offset)
-                written += len(data)
+                    if not is_device:
+                        continue  # the file is sparse there already
+                    data = bytes(length)
+                elif len(data) != length:
+                    raise RepositoryCorrupt(f"chunk {index} of disk {disk.key!r} holds "
+                                            f"{len(data)} bytes, not {length}")
+                view = memoryview(data)
+                while view:
+                    view = view[os.pwrite(fd, view, offset + length - len(view)):]
+                done += length
+            return batch[-1][0], done
+
+        for last_index, done in ordered_map(fetch_and_write, batches, workers=WORKERS,
+                                            lookahead=LOOKAHEAD):
+            written += done
             op.check()
-            op.progress(min((batch[-1][0] + 1) * chunk_size, disk.size), disk.size,
+            op.progress(min((last_index + 1) * chunk_size, disk.size), disk.size,
                         f"disk {disk.key}")
         os.fsync(fd)
     finally:
