@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import io
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, ClassVar
@@ -116,6 +117,19 @@ class Destination(Provider):
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size and time of one object. Raises ObjectNotFound."""
+
+    def probe(self) -> None:
+        """Write, read back and delete a small object: the core of a connection test."""
+        from sbr_core.errors import DestinationError
+
+        key = f"sbr-probe-{os.urandom(16).hex()}"
+        self.put(key, b"probe")
+        try:
+            if self.get(key) != b"probe":
+                raise DestinationError(f"destination {self.context.name!r}: a probe object "
+                                       "read back differently")
+        finally:
+            self.delete(key)
 
     def remove_abandoned(self, older_than: float) -> int:
         """Remove what writes that never finished left behind (temp files, incomplete

@@ -280,14 +280,7 @@ class FilesystemDestination(Destination):
 
     def test_connection(self) -> None:
         """Write, read back and delete a probe object; report free space problems."""
-        probe = f"sbr-probe-{uuid.uuid4().hex}"
-        self.put(probe, b"probe")
-        try:
-            if self.get(probe) != b"probe":
-                raise DestinationError(f"destination {self.context.name!r}: a probe object "
-                                       "read back differently")
-        finally:
-            self.delete(probe)
+        self.probe()
 
 
 class _SourceError(Exception):

@@ -13,7 +13,6 @@ import hashlib
 import io
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
@@ -472,14 +471,7 @@ class S3Destination(Destination):
     def test_connection(self) -> None:
         """Check the bucket, then write, read back and delete a probe object."""
         self._check_bucket("cannot open the bucket")
-        probe = f"sbr-probe-{uuid.uuid4().hex}"
-        self.put(probe, b"probe")
-        try:
-            if self.get(probe) != b"probe":
-                raise DestinationError(f"destination {self.context.name!r}: a probe object "
-                                       "read back differently")
-        finally:
-            self.delete(probe)
+        self.probe()
 
     def close(self) -> None:
         """Close the client's connection pool."""

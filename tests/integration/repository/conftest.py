@@ -23,7 +23,7 @@ from sbr_core.repository import Repository, open_repository
 from sbr_core.repository.format import pack_id_of_key
 from sbr_core.repository.gc import manifest_blobs
 from sbr_plugins.filesystem.destination import TEMP_PREFIX, FilesystemDestination
-from tests.services import require_root, service_unavailable
+from tests.mounts import mount_tmpfs  # noqa: F401 - the fixture, for these tests
 
 SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
 PASSPHRASE = "fault injection passphrase 7f3a"
@@ -32,7 +32,6 @@ MiB = 2**20
 PACK_SIZE = MiB
 CHUNK = 128 * 1024  # the default image chunk size
 #: The source name of every test mount, so that `findmnt -S sbr-test` finds leftovers.
-MOUNT_SOURCE = "sbr-test"
 
 
 class RepoCli:
@@ -216,42 +215,6 @@ def make_image(tmp_path: Path) -> MakeImage:
         return path
 
     return make
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """Mount small tmpfs file systems below tmp_path; every one is unmounted at teardown
-    (the approach of tests/integration/filesystem/conftest.py)."""
-    require_root()
-    for tool in ("mount", "umount"):
-        if shutil.which(tool) is None:
-            service_unavailable(f"{tool!r} is not installed")
-    mounted: list[Path] = []
-
-    def mount(size: str = "64m", name: str = "mnt") -> Path:
-        point = tmp_path / name
-        point.mkdir()
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", MOUNT_SOURCE, str(point)],
-            capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            service_unavailable(f"cannot mount a tmpfs on {point}: {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    leftovers = [point for point in reversed(mounted) if not _unmount(point)]
-    if leftovers:
-        pytest.fail(f"could not unmount {leftovers}", pytrace=False)
-
-
-def _unmount(point: Path) -> bool:
-    """Unmount (lazily if it is busy); True once it is gone."""
-    if not os.path.ismount(point):
-        return True
-    if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
-    return not os.path.ismount(point)
 
 
 @pytest.fixture
