@@ -55,19 +55,7 @@ def _open(dest: str) -> Any:
             key = json.loads(Path(key_file).read_text())
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read key file {key_file}: {exc}") from None
-    return open_repository(destination, passphrase=_repo_passphrase(destination), key_file=key)
-
-
-def _repo_passphrase(destination: Any) -> str | None:
-    from sbr_core.errors import ObjectNotFound
-
-    try:
-        config = json.loads(destination.get("config"))
-    except (ObjectNotFound, ValueError):
-        return None  # open_repository explains
-    if config.get("encryption") == "none":
-        return None
-    return _passphrase()
+    return open_repository(destination, passphrase=_passphrase, key_file=key)
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
@@ -314,9 +302,9 @@ def restore(dest: str, backup_id: str, target: Path, include: str, disk_key: str
                 with _progress(f"restore {disk.key}", disk.size, enabled=not as_json) as op:
                     result["bytes"] += restore_disk(repository, disk, target / f"{disk.key}.img",
                                                     op=op)
-        for name in manifest.files:
-            if not disk_key and manifest.tree is None and len(disks) != 1:
-                (target / name).write_bytes(repository.read_blob(manifest.files[name]))
+        if not disk_key and manifest.tree is None and len(disks) != 1:  # target is a directory
+            for name, blob_id in manifest.files.items():
+                (target / name).write_bytes(repository.read_blob(blob_id))
     result["seconds"] = round(time.monotonic() - started, 3)
     _emit(as_json, result, lambda: click.echo(
         f"restored backup {manifest.id[:8]} to {target} in {result['seconds']:.1f} s"))
@@ -333,7 +321,7 @@ def verify(dest: str, backup_ids: tuple[str, ...], as_json: bool) -> None:
     from sbr_core.repository.verify import verify as run_verify
 
     repository = _open(dest)
-    with _progress("verify", 0, enabled=not as_json) as op, repository.reading():
+    with _progress("verify", 0, enabled=not as_json) as op:
         report = run_verify(repository, backup_ids,
                             progress=lambda done, total: op.progress(done, total, "packs"))
     data = report.to_dict()

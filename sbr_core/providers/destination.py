@@ -65,6 +65,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def is_valid_key(key: str) -> bool:
+    """Whether ``key`` is a valid object key (names that are not, such as a file system's
+    lost+found or an S3 console's folder marker, are not objects)."""
+    try:
+        check_key(key)
+    except UsageError:
+        return False
+    return True
+
+
 def check_prefix(prefix: str) -> str:
     """Validate a listing prefix: empty, or a key, optionally ending with '/'."""
     if prefix:

@@ -37,6 +37,7 @@ DOC_MAGIC = b"SBRDOC1\n"
 ZERO_ID = bytes(ID_BYTES)  # stands for an all-zero chunk, which is never stored
 
 _TRAILER = struct.Struct("<I8s")
+PACK_TRAILER_BYTES = _TRAILER.size  # header length, magic
 _HEADER_ENTRY = struct.Struct("<B32sII")  # type, id, stored length, raw length
 _INDEX_PACK = struct.Struct("<32sI")  # pack id, entry count
 _INDEX_ENTRY = struct.Struct("<B32sIII")  # type, id, offset, stored length, raw length

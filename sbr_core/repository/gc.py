@@ -40,8 +40,9 @@ from sbr_core.repository.format import (
     pack_key,
 )
 from sbr_core.repository.index import MasterIndex, RawEntry, read_all_entries
-from sbr_core.repository.manifest import MAP_ENTRIES, Manifest
+from sbr_core.repository.manifest import Manifest
 from sbr_core.repository.packer import Packer
+from sbr_core.repository.reader import disk_chunk_ids
 from sbr_core.repository.repo import Repository
 from sbr_core.repository.tree import iter_records, record_chunks
 
@@ -67,21 +68,8 @@ def condemned_packs(repo: Repository) -> set[bytes]:
 def manifest_blobs(repo: Repository, manifest: Manifest) -> Iterator[bytes]:
     """Every blob id a backup needs (maps and trees are read to find their chunks)."""
     for disk in manifest.disks:
-        remaining = disk.chunk_count
-        for map_id in disk.maps:
-            yield map_id
-            data = repo.read_blob(map_id)
-            if len(data) != min(MAP_ENTRIES, remaining) * 32:
-                raise RepositoryCorrupt(f"chunk map {map_id.hex()[:16]} of disk {disk.key!r} "
-                                        "has the wrong length")
-            remaining -= MAP_ENTRIES
-            for position in range(0, len(data), 32):
-                chunk = data[position:position + 32]
-                if chunk != ZERO_ID:
-                    yield chunk
-        if remaining > 0:
-            raise RepositoryCorrupt(f"disk {disk.key!r} of backup {manifest.id[:8]} lists too "
-                                    "few chunk maps")
+        yield from disk.maps
+        yield from (chunk for chunk in disk_chunk_ids(repo, disk) if chunk != ZERO_ID)
     yield from manifest.files.values()
     if manifest.tree is not None:
         yield from manifest.tree

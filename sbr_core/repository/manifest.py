@@ -32,6 +32,10 @@ class DiskRecord:
     def chunk_count(self) -> int:
         return -(-self.size // self.chunk_size)
 
+    def entries_in(self, piece: int) -> int:
+        """How many chunk ids map blob ``piece`` holds (the last one may be short)."""
+        return min(MAP_ENTRIES, self.chunk_count - piece * MAP_ENTRIES)
+
     def to_document(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "chunk_size": self.chunk_size,
                 "maps": [m.hex() for m in self.maps], "identity": self.identity,
@@ -39,10 +43,14 @@ class DiskRecord:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> DiskRecord:
-        return cls(key=str(doc["key"]), size=int(doc["size"]),
+        disk = cls(key=str(doc["key"]), size=int(doc["size"]),
                    chunk_size=int(doc["chunk_size"]),
                    maps=tuple(bytes.fromhex(m) for m in doc["maps"]),
                    identity=str(doc.get("identity", "")), label=str(doc.get("label", "")))
+        if disk.chunk_size <= 0 or len(disk.maps) != -(-disk.chunk_count // MAP_ENTRIES):
+            raise RepositoryCorrupt(f"disk {disk.key!r} lists {len(disk.maps)} chunk maps for "
+                                    f"{disk.chunk_count} chunks")
+        return disk
 
 
 @attrs.frozen

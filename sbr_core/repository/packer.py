@@ -33,6 +33,8 @@ class Packer:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
+        # Taken once: `repo.index` takes a lock, and knows() runs for every chunk.
+        self.index = repo.index
         self.pack_size = repo.config.pack_size
         self._parts: list[bytes] = []
         self._entries: list[Entry] = []
@@ -48,7 +50,7 @@ class Packer:
         self.stored_bytes = 0
 
     def knows(self, blob_id: bytes) -> bool:
-        return blob_id in self.pending or blob_id in self.repo.index
+        return blob_id in self.pending or blob_id in self.index
 
     def add(self, blob_type: BlobType, blob_id: bytes, stored: bytes, raw_length: int) -> bool:
         """Queue one encoded blob; False if this writer already has it."""
@@ -96,7 +98,7 @@ class Packer:
             if block or future.done():
                 pack_id, entries = future.result()
                 self._unindexed[pack_id] = entries
-                self.repo.index.add(pack_id, entries)
+                self.index.add(pack_id, entries)
                 self.packs_written += 1
                 self.stored_bytes += sum(e[3] for e in entries)
             else:
@@ -111,7 +113,7 @@ class Packer:
         key = f"index/{os.urandom(16).hex()}"
         self.repo.destination.put(key, encode_index(self.repo.sealer, self._unindexed))
         self.index_keys.append(key)
-        self.repo.index.files.add(key)
+        self.index.files.add(key)
         for entries in self._unindexed.values():
             for entry in entries:
                 self.pending.discard(entry[1])

@@ -28,20 +28,21 @@ WORKERS = 3
 LOOKAHEAD = 6
 
 
+def read_map(repo: Repository, disk: DiskRecord, piece: int) -> bytes:
+    """Map blob ``piece`` of a disk, checked to hold the chunk ids it must."""
+    data = repo.read_blob(disk.maps[piece])
+    if len(data) != disk.entries_in(piece) * 32:
+        raise RepositoryCorrupt(f"chunk map {disk.maps[piece].hex()[:16]} of disk "
+                                f"{disk.key!r} has the wrong length")
+    return data
+
+
 def disk_chunk_ids(repo: Repository, disk: DiskRecord) -> Iterator[bytes]:
     """The disk's chunk ids in order, one map blob in memory at a time."""
-    remaining = disk.chunk_count
-    for map_id in disk.maps:
-        data = repo.read_blob(map_id)
-        count = min(MAP_ENTRIES, remaining)
-        if len(data) != count * 32:
-            raise RepositoryCorrupt(f"chunk map {map_id.hex()[:16]} of disk {disk.key!r} has "
-                                    "the wrong length")
-        for position in range(0, count * 32, 32):
+    for piece in range(len(disk.maps)):
+        data = read_map(repo, disk, piece)
+        for position in range(0, len(data), 32):
             yield data[position:position + 32]
-        remaining -= count
-    if remaining:
-        raise RepositoryCorrupt(f"disk {disk.key!r} lists too few chunk maps")
 
 
 def fetch_blobs(repo: Repository, ids: list[bytes]) -> list[bytes]:
@@ -147,12 +148,7 @@ class DiskImageReader:
         piece, slot = divmod(index, MAP_ENTRIES)
         data = self._maps.get(piece)
         if data is None:
-            data = self.repo.read_blob(self.disk.maps[piece])
-            expected = min(MAP_ENTRIES, self.disk.chunk_count - piece * MAP_ENTRIES) * 32
-            if len(data) != expected:
-                raise RepositoryCorrupt(f"chunk map {self.disk.maps[piece].hex()[:16]} of disk "
-                                        f"{self.disk.key!r} has the wrong length")
-            self._maps[piece] = data
+            data = self._maps[piece] = read_map(self.repo, self.disk, piece)
             while len(self._maps) > 8:
                 self._maps.popitem(last=False)
         return data[slot * 32:(slot + 1) * 32]

@@ -7,6 +7,7 @@ from typing import Any
 
 from sbr_core.errors import ObjectNotFound, RepositoryCorrupt
 from sbr_core.repository.format import (
+    PACK_TRAILER_BYTES,
     BlobType,
     encode_index,
     pack_id_of_key,
@@ -16,20 +17,18 @@ from sbr_core.repository.format import (
 from sbr_core.repository.index import RawEntry, read_all_entries
 from sbr_core.repository.repo import Repository
 
-_TRAILER = 12
-
 
 def read_pack_header(repo: Repository, key: str, size: int
                      ) -> list[tuple[BlobType, bytes, int, int, int]]:
     """A pack's entries from its tail, with two ranged reads."""
     what = f"pack {key.rsplit('/', 1)[-1][:16]}"
-    if size < _TRAILER:
+    if size < PACK_TRAILER_BYTES:
         raise RepositoryCorrupt(f"{what} is truncated")
-    trailer = repo.destination.get(key, size - _TRAILER, _TRAILER)
+    trailer = repo.destination.get(key, size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES)
     length = pack_tail_length(trailer, what)
-    if length > size - _TRAILER:
+    if length > size - PACK_TRAILER_BYTES:
         raise RepositoryCorrupt(f"{what} is truncated")
-    header = repo.destination.get(key, size - _TRAILER - length, length)
+    header = repo.destination.get(key, size - PACK_TRAILER_BYTES - length, length)
     return parse_pack_header(repo.sealer, header, trailer, what)
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -115,10 +115,12 @@ def init_repository(destination: Destination, *, passphrase: str | None,
     return Repository(destination, config, sealer)
 
 
-def open_repository(destination: Destination, *, passphrase: str | None = None,
+def open_repository(destination: Destination, *,
+                    passphrase: str | Callable[[], str | None] | None = None,
                     key_file: dict[str, Any] | None = None) -> Repository:
     """Open an existing repository; ``key_file`` is an exported key to use instead of the
-    repository's own (for when its ``keys/`` objects are lost)."""
+    repository's own (for when its ``keys/`` objects are lost). ``passphrase`` may be a
+    callable, asked only when the repository turns out to be encrypted (a prompt)."""
     try:
         raw = destination.get("config")
     except ObjectNotFound:
@@ -156,6 +158,8 @@ def open_repository(destination: Destination, *, passphrase: str | None = None,
         raise RepositoryCorrupt("the repository config says unencrypted, but the repository "
                                 "has key files: the config was altered")
     if config.encryption != "none":
+        if callable(passphrase):
+            passphrase = passphrase()
         if not passphrase:
             raise WrongPassphrase("the repository is encrypted: give its passphrase "
                                   "(SBR_REPO_PASSWORD or the prompt)")
@@ -293,12 +297,12 @@ class Repository:
         """Every backup, oldest first; a damaged manifest raises RepositoryCorrupt."""
         found = []
         for backup_id in self.backup_ids():
+            key = f"backups/{backup_id}"
             try:
-                found.append(self.manifest(backup_id))
-            except RepositoryError as exc:
-                if "no backup" in str(exc):
-                    continue  # forgotten while we listed
-                raise
+                doc = self.get_document(key)
+            except ObjectNotFound:
+                continue  # forgotten while we listed
+            found.append(Manifest.from_document(doc, key))
         yield from sorted(found, key=lambda m: (m.created, m.id))
 
     def manifest(self, backup_id: str) -> Manifest:

@@ -41,11 +41,17 @@ class VerifyReport:
 
 def verify(repo: Repository, backup_refs: Iterable[str] = (), *,
            progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Check the named backups (all when none are named) down to every byte of their data."""
+    """Check the named backups (all when none are named) down to every byte of their data,
+    holding a read lock so that no gc deletes packs meanwhile."""
+    with repo.reading():
+        return _verify(repo, list(backup_refs), progress)
+
+
+def _verify(repo: Repository, refs: list[str],
+            progress: Callable[[int, int], None] | None) -> VerifyReport:
     report = VerifyReport()
-    index = repo.reload_index()
+    index = repo.index  # just loaded by reading()
     report.damaged_index = dict(index.damaged)
-    refs = list(backup_refs)
     manifests: list[Manifest] = []
     if refs:
         manifests = [repo.resolve(ref) for ref in refs]

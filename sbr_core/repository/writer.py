@@ -30,6 +30,7 @@ from sbr_core.repository.locks import Lock
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
 from sbr_core.repository.packer import Packer
 from sbr_core.repository.pipeline import ordered_map
+from sbr_core.repository.reader import read_map
 from sbr_core.repository.repo import Repository
 from sbr_core.repository.tree import TreeWriter
 
@@ -358,7 +359,7 @@ class _MapBuilder:
     def _base_piece(self, piece: int) -> bytearray:
         want = self._entries_in(piece) * 32
         if self.base is not None and piece < len(self.base.maps):
-            data = bytearray(self.writer.repo.read_blob(self.base.maps[piece]))
+            data = bytearray(read_map(self.writer.repo, self.base, piece))
         else:
             data = bytearray()
         if len(data) < want:
@@ -370,8 +371,7 @@ class _MapBuilder:
         (a disk that grew or shrank changes its last pieces)."""
         base = self.base
         return (base is not None and piece < len(base.maps)
-                and min(MAP_ENTRIES, base.chunk_count - piece * MAP_ENTRIES)
-                == self._entries_in(piece))
+                and base.entries_in(piece) == self._entries_in(piece))
 
     def _close_current(self) -> None:
         if self.current < 0:

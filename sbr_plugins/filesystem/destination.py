@@ -19,9 +19,14 @@ from sbr_core.errors import (
     DestinationUnavailable,
     ObjectExists,
     ObjectNotFound,
-    UsageError,
 )
-from sbr_core.providers.destination import Destination, ObjectInfo, check_key, check_prefix
+from sbr_core.providers.destination import (
+    Destination,
+    ObjectInfo,
+    check_key,
+    check_prefix,
+    is_valid_key,
+)
 from sbr_core.settings import setting
 
 TEMP_PREFIX = ".sbr-tmp-"
@@ -220,7 +225,7 @@ class FilesystemDestination(Destination):
             # Temp files of unfinished writes start with '.'; names that cannot be keys
             # (lost+found on a disk's root, an admin's notes~) are not objects, and descending
             # into lost+found would fail with EACCES for a node that does not run as root.
-            if not _is_key_part(entry.name):
+            if not is_valid_key(entry.name):
                 continue
             key = Path(entry.path).relative_to(root).as_posix()
             if entry.is_dir(follow_symlinks=False):
@@ -291,13 +296,6 @@ class _SourceError(Exception):
         super().__init__(error)
         self.error = error
 
-
-def _is_key_part(name: str) -> bool:
-    try:
-        check_key(name)
-    except UsageError:
-        return False
-    return True
 
 
 def _fsync_dir(path: Path) -> None:

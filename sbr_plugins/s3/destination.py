@@ -34,6 +34,7 @@ from sbr_core.providers.destination import (
     ObjectInfo,
     check_key,
     check_prefix,
+    is_valid_key,
 )
 from sbr_plugins.s3.config import MAX_PARTS, MiB, S3Config, config_from_url
 
@@ -400,7 +401,7 @@ class S3Destination(Destination):
             for page in paginator.paginate(Bucket=self.config.bucket, Prefix=wanted):
                 for item in page.get("Contents", ()):
                     key = item["Key"][strip:]
-                    if _is_key(key):
+                    if is_valid_key(key):
                         yield ObjectInfo(key, int(item["Size"]),
                                          item["LastModified"].timestamp())
         except _boto_errors() as exc:
@@ -535,13 +536,6 @@ def _multipart_etag(etags: dict[int, str]) -> str:
         return ""
     return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
-
-def _is_key(name: str) -> bool:
-    try:
-        check_key(name)
-    except UsageError:
-        return False
-    return True
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | bytearray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from http.cookiejar import CookieJar
@@ -14,21 +13,7 @@ from typing import Any
 
 import pytest
 
-SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
-
-
-def sbr(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SBR, *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=60)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.cli_runs import SBR, assert_one_line_error, sbr
 
 
 def test_plugins_json_lists_the_filesystem_plugin(sbr_env: dict[str, str]) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.cli.test_cli import assert_one_line_error, sbr
+from tests.cli_runs import as_json, assert_one_line_error, ok, sbr
 
 PASSWORD = "a long repository passphrase"
 
@@ -17,16 +15,6 @@ PASSWORD = "a long repository passphrase"
 @pytest.fixture
 def env(sbr_env: dict[str, str]) -> dict[str, str]:
     return {**sbr_env, "SBR_REPO_PASSWORD": PASSWORD}
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> object:
-    return json.loads(ok(result).stdout)
 
 
 @pytest.fixture

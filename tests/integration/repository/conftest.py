@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from sbr_core.repository import Repository, open_repository
 from sbr_core.repository.format import pack_id_of_key
 from sbr_core.repository.gc import manifest_blobs
 from sbr_plugins.filesystem.destination import TEMP_PREFIX, FilesystemDestination
+from tests.cli_runs import SBR
 from tests.mounts import mount_tmpfs  # noqa: F401 - the fixture, for these tests
 
-SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
 PASSPHRASE = "fault injection passphrase 7f3a"
 MiB = 2**20
 #: Small packs: every backup gets packs of its own, and index files come every 32 MiB.

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.cli_runs import one_line_error
+
 if TYPE_CHECKING:
     from tests.integration.repository.conftest import MakeImage, MakeRepo, RepoCli
 
@@ -43,22 +45,6 @@ def kill_when(process: subprocess.Popen[str], ready: Callable[[], bool], *,
     process.communicate(timeout=30)
     return process.returncode == -signal.SIGKILL
 
-
-def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str,
-                   alone: bool = True) -> str:
-    """The one error line of a failed command, which must hold every fragment; ``alone``:
-    nothing else on stderr (else logged warnings may come before it)."""
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines, result
-    errors = [line for line in lines if line.startswith("sbr: ")]
-    assert errors == [lines[-1]], result.stderr
-    if alone:
-        assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def flip_byte(path: Path, offset: int) -> None:

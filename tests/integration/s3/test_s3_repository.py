@@ -3,23 +3,19 @@ the moto server, the bucket and credentials given as an ``s3://`` URL and AWS_* 
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.cli_runs import as_json, ok, one_line_error, sbr
 from tests.s3server import ANY_KEY_ID, ANY_SECRET, MotoS3Server
 
 MiB = 2**20
 PASSWORD = "a long repository passphrase"
 PREFIX = "backups/site1"
 #: This interpreter, not whatever `sbr` is first on PATH: the code under test is this checkout.
-SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
 
 
 @pytest.fixture
@@ -32,29 +28,6 @@ def env(sbr_env: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 def repo_url(s3_server: MotoS3Server, bucket: str) -> str:
     return f"s3://{bucket}/{PREFIX}?endpoint={s3_server.endpoint}"
-
-
-def sbr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SBR, *args], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(result).stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def mixed_image(path: Path) -> bytes:

@@ -1,0 +1,54 @@
+"""Running the ``sbr`` command as a subprocess, and what tests assert of its results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
+
+
+def sbr(*args: str, env: dict[str, str], stdin: str = "", timeout: float = 300
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SBR, *args], env=env, input=stdin, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """The result of a command that must have succeeded without a traceback."""
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """A failure whose whole stderr is one line holding every fragment."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str,
+                   alone: bool = True) -> str:
+    """The one ``sbr:`` error line of a failed command, which must hold every fragment;
+    ``alone``: nothing else on stderr (else logged warnings may come before it)."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines, result
+    errors = [line for line in lines if line.startswith("sbr: ")]
+    assert errors == [lines[-1]], result.stderr
+    if alone:
+        assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]
