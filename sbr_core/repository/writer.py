@@ -179,10 +179,9 @@ class BackupWriter:
         maps = _MapBuilder(self, size, chunk_size, base)
         self.stats["logical_bytes"] += size
         done = 0
-        results = ordered_map(self._encode_chunks, self._disk_work(size, chunk_size, extents,
-                                                                   read, full=full,
-                                                                   parallel=parallel_reads),
-                              workers=WORKERS, lookahead=LOOKAHEAD)
+        work = _coalesced(self._disk_work(size, chunk_size, extents, read, full=full,
+                                          parallel=parallel_reads))
+        results = ordered_map(self._encode_chunks, work, workers=WORKERS, lookahead=LOOKAHEAD)
         for batch in results:
             for index, blob_id, stored, length, zero_bytes in batch:
                 if blob_id == ZERO_ID:  # length counts chunks here
@@ -258,12 +257,12 @@ class BackupWriter:
             yield job if parallel else job.load()
             position = stop
 
-    def _encode_chunks(self, batch: list[tuple[int, bytes | None, int]] | _ReadJob
+    def _encode_chunks(self, work: list[_WorkItem]
                        ) -> list[tuple[int, bytes, bytes | None, int, int]]:
         """(chunk index, id, stored bytes or None, length or zero chunk count, zero bytes
         read) per item; runs on the worker threads."""
-        if isinstance(batch, _ReadJob):
-            batch = batch.load()
+        batch = [chunk for item in work
+                 for chunk in (item.load() if isinstance(item, _ReadJob) else item)]
         out: list[tuple[int, bytes, bytes | None, int, int]] = []
         zero = _zero_block(self.repo.config.image_chunk_size)
         for index, data, length in batch:
@@ -307,6 +306,30 @@ class BackupWriter:
         return manifest
 
 
+def _coalesced(work: Iterable[_WorkItem]) -> Iterator[list[_WorkItem]]:
+    """Group consecutive reads into work items of about READ_BLOCK bytes: an incremental's
+    scattered one-chunk extents would otherwise cost a thread hand-off per chunk."""
+    group: list[_WorkItem] = []
+    pending = 0
+    for item in work:
+        if isinstance(item, _ReadJob):
+            pending += item.length
+        elif item and item[0][1] is None:  # a zero run: nothing to read, pass it on alone
+            if group:
+                yield group
+                group, pending = [], 0
+            yield [item]
+            continue
+        else:
+            pending += sum(length for _, _, length in item)
+        group.append(item)
+        if pending >= READ_BLOCK:
+            yield group
+            group, pending = [], 0
+    if group:
+        yield group
+
+
 class _ReadJob:
     """Chunks [first, stop) of a disk, to be read in one call."""
 
@@ -325,6 +348,8 @@ class _ReadJob:
         return [(self.first + i, data[i * size:(i + 1) * size],
                  min(size, self.length - i * size)) for i in range(self.stop - self.first)]
 
+
+_WorkItem = list[tuple[int, bytes | None, int]] | _ReadJob
 
 _ZEROS: dict[int, bytes] = {}
 
