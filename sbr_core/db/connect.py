@@ -68,11 +68,16 @@ def _sqlite(url: DatabaseURL) -> pw.Database:
 
 
 def _mysql(url: DatabaseURL) -> pw.Database:
+    from pymysql.constants import CLIENT
+
     kwargs: dict[str, Any] = {
         "user": url.user,
         "password": url.password,
         "charset": url.options.get("charset", "utf8mb4"),
         "connect_timeout": int(url.options.get("connect_timeout", "10")),
+        # UPDATE counts the rows it matched, as on SQLite, not only those whose values
+        # changed: a lease renewed within the second it was taken still counts as held.
+        "client_flag": CLIENT.FOUND_ROWS,
     }
     if "unix_socket" in url.options:
         kwargs["unix_socket"] = url.options["unix_socket"]

@@ -170,10 +170,12 @@ class Workflow(BaseModel):
 
 class Task(BaseModel):
     workflow = pw.ForeignKeyField(Workflow, on_delete="CASCADE", backref="tasks")
+    workflow_id: int
     step = pw.CharField(max_length=32)
     seq = pw.IntegerField(default=0)
     state = pw.CharField(max_length=16, default="pending")
     node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")
+    node_id: int | None
     attempts = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField(default=3)
     not_before = pw.DateTimeField(null=True)

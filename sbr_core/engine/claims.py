@@ -1,0 +1,130 @@
+"""Claiming tasks, holding them with leases, and taking them back from lost nodes.
+
+Two nodes must never run one task. On MariaDB the claim locks the chosen row with
+``SELECT … FOR UPDATE SKIP LOCKED`` (another claimer skips it and takes the next); on SQLite
+``BEGIN IMMEDIATE`` takes the database's write lock before reading, so claims queue up.
+The attempt number a claim hands out is the lease's fence: a heartbeat or result that
+carries an older attempt is refused, so a node that lost its lease cannot overwrite the
+work of the node that took the task over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+import peewee as pw
+
+from sbr_core.db.schema import Node, Task, Workflow, utcnow
+
+LEASE = dt.timedelta(seconds=60)
+RETRY_BASE = dt.timedelta(seconds=30)
+RETRY_CAP = dt.timedelta(minutes=10)
+_CANDIDATES = 8  # rows looked at per claim (SQLite; MariaDB skips locked rows itself)
+
+
+@attrs.frozen
+class Claim:
+    """A task a node now holds: its id and the attempt that fences its lease."""
+
+    task_id: int
+    attempt: int
+    workflow_id: int
+    step: str
+
+
+@attrs.frozen
+class Reaped:
+    """What the reaper did to one task whose lease ran out."""
+
+    task_id: int
+    node_name: str
+    requeued: bool  # False: out of attempts, the task and its workflow failed
+
+
+def _claim_transaction(db: pw.Database) -> Any:
+    if isinstance(db, pw.SqliteDatabase):
+        # Take the write lock before reading, so two claimers cannot both read one row as
+        # free (a plain transaction begins DEFERRED).
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Claim | None:
+    """Give ``node`` the oldest task it may run, or None. Atomic on both databases."""
+    now = now or utcnow()
+    with _claim_transaction(db):
+        running = Task.select().where((Task.node == node) & (Task.state == "running")).count()
+        if running >= node.concurrency:
+            return None
+        query = (Task.select()
+                 .where((Task.state == "queued")
+                        & (Task.not_before.is_null() | (Task.not_before <= now))
+                        & (Task.node.is_null() | (Task.node == node)))
+                 .order_by(Task.id))
+        if isinstance(db, pw.SqliteDatabase):
+            rows = list(query.limit(_CANDIDATES))
+        else:
+            rows = list(query.limit(1).for_update("FOR UPDATE SKIP LOCKED"))  # type: ignore[arg-type]
+        if not rows:
+            return None
+        task = rows[0]
+        attempt = task.attempts + 1
+        changed = (Task.update(state="running", node=node, attempts=attempt,
+                               lease_expires_at=now + LEASE,
+                               started_at=pw.fn.COALESCE(Task.started_at, now))
+                   .where((Task.id == task.id) & (Task.state == "queued"))
+                   .execute())
+        if changed != 1:  # cannot happen under the locks above; never hand out a lost race
+            return None
+        Workflow.update(state="running").where(
+            (Workflow.id == task.workflow_id) & (Workflow.state == "pending")).execute()
+        return Claim(task.id, attempt, task.workflow_id, task.step)
+
+
+def renew(db: pw.Database, task_id: int, node: Node, attempt: int, *,
+          now: dt.datetime | None = None) -> bool:
+    """Extend the lease of a task ``node`` holds; False when it no longer holds it."""
+    now = now or utcnow()
+    with db.atomic():
+        changed = (Task.update(lease_expires_at=now + LEASE)
+                   .where((Task.id == task_id) & (Task.node == node)
+                          & (Task.attempts == attempt) & (Task.state == "running"))
+                   .execute())
+    return bool(changed == 1)
+
+
+def retry_delay(attempt: int) -> dt.timedelta:
+    """Backoff before attempt ``attempt + 1``: 30 s, 1 min, 2 min … at most 10 min."""
+    delay: dt.timedelta = min(RETRY_BASE * (2 ** max(attempt - 1, 0)), RETRY_CAP)
+    return delay
+
+
+def reap(db: pw.Database, *, now: dt.datetime | None = None) -> list[Reaped]:
+    """Take back every running task whose lease ran out: queue it again after a backoff,
+    or fail it (and its workflow) when it has used all its attempts."""
+    now = now or utcnow()
+    done: list[Reaped] = []
+    with db.atomic():
+        expired = list(Task.select(Task, Node).join(Node, pw.JOIN.LEFT_OUTER)
+                       .where((Task.state == "running") & (Task.lease_expires_at < now)))
+        for task in expired:
+            node_name = task.node.name if task.node is not None else ""
+            reason = f"node {node_name!r} stopped renewing its lease"
+            if task.attempts < task.max_attempts:
+                Task.update(state="queued", node=None, lease_expires_at=None,
+                            not_before=now + retry_delay(task.attempts),
+                            error=reason).where(Task.id == task.id).execute()
+                done.append(Reaped(task.id, node_name, requeued=True))
+            else:
+                message = f"{reason}; gave up after {task.attempts} attempts"
+                Task.update(state="failed", lease_expires_at=None, finished_at=now,
+                            error=message).where(Task.id == task.id).execute()
+                Task.update(state="cancelled", finished_at=now).where(
+                    (Task.workflow == task.workflow_id)
+                    & (Task.state.in_(("waiting", "queued")))).execute()
+                Workflow.update(state="failed", error=message, finished_at=now).where(
+                    Workflow.id == task.workflow_id).execute()
+                done.append(Reaped(task.id, node_name, requeued=False))
+    return done
