@@ -174,8 +174,7 @@ class Runner:
                 if step in ("full", "incr"):
                     command = tool.backup(repo, data.job, incremental=step == "incr")
                 elif step == "restore":
-                    self._clear(target, data)
-                    target.mkdir(parents=True)
+                    self._fresh(target, data)
                     command = tool.restore(repo, data.job, target)
                 else:
                     command = tool.verify(repo)
@@ -217,17 +216,20 @@ class Runner:
         time: single restores here varied by up to 2x from run to run, for every tool."""
         runs = [first]
         for attempt in range(2, self.args.restore_runs + 1):
-            self._clear(target, data)
-            target.mkdir(parents=True)
+            self._fresh(target, data)
             runs.append(self._measure(tool, tool.restore(repo, data.job, target), row, repo,
                                       log_stem.with_name(f"{log_stem.name}-{attempt}")))
             if row.status != "ok":
                 return runs[-1]
         median = sorted(runs, key=lambda m: m.wall)[len(runs) // 2]
         row.wall, row.cpu, row.peak_rss = median.wall, median.cpu, median.peak_rss
-        row.detail = ""
         row.runs = [m.wall for m in runs]
         return median
+
+    def _fresh(self, target: Path, data: Dataset) -> None:
+        """An empty restore target; the previous one is cleared out of the way."""
+        self._clear(target, data)
+        target.mkdir(parents=True)
 
     def _clear(self, target: Path, data: Dataset) -> None:
         if data.key == "tree":

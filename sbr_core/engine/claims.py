@@ -21,7 +21,6 @@ from sbr_core.db.schema import Node, Task, Workflow, utcnow
 LEASE = dt.timedelta(seconds=60)
 RETRY_BASE = dt.timedelta(seconds=30)
 RETRY_CAP = dt.timedelta(minutes=10)
-_CANDIDATES = 8  # rows looked at per claim (SQLite; MariaDB skips locked rows itself)
 
 
 @attrs.frozen
@@ -62,11 +61,10 @@ def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Cla
                  .where((Task.state == "queued")
                         & (Task.not_before.is_null() | (Task.not_before <= now))
                         & (Task.node.is_null() | (Task.node == node)))
-                 .order_by(Task.id))
-        if isinstance(db, pw.SqliteDatabase):
-            rows = list(query.limit(_CANDIDATES))
-        else:
-            rows = list(query.limit(1).for_update("FOR UPDATE SKIP LOCKED"))  # type: ignore[arg-type]
+                 .order_by(Task.id).limit(1))
+        if not isinstance(db, pw.SqliteDatabase):  # SQLite has no row locks: BEGIN IMMEDIATE
+            query = query.for_update("FOR UPDATE SKIP LOCKED")  # type: ignore[arg-type]
+        rows = list(query)
         if not rows:
             return None
         task = rows[0]
