@@ -22,7 +22,6 @@ from typing import Any
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sbr_core.errors import RepositoryCorrupt, WrongPassphrase
 
@@ -31,6 +30,7 @@ TAG_BYTES = 16
 ID_BYTES = 32
 #: scrypt cost: 2**15 x 8 x 128 bytes = 32 MiB of memory and ~0.1 s per attempt.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+MAX_SCRYPT_MEMORY = 1 << 30  # a key file asking for more is damaged or hostile
 _KEY_AAD = b"sbr-repository-key-v1"
 
 
@@ -100,7 +100,17 @@ class AesGcmSealer(Sealer):
 
 
 def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+    # hashlib's scrypt (OpenSSL's, as cryptography's is) lets go of the GIL, so the CLI
+    # imports and reads while the key is derived; cryptography's holds it throughout.
+    need = 128 * r * (n + 2) + 128 * r * p  # OpenSSL's own reckoning of the memory it uses
+    if need > MAX_SCRYPT_MEMORY:
+        raise RepositoryCorrupt(f"the key file asks scrypt for {need >> 20} MiB of memory "
+                                f"(at most {MAX_SCRYPT_MEMORY >> 20} MiB is allowed)")
+    try:
+        return hashlib.scrypt(passphrase.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                              maxmem=need + 2**20, dklen=32)
+    except ValueError as exc:  # n not a power of two, r or p zero
+        raise RepositoryCorrupt(f"the key file's scrypt parameters are invalid: {exc}") from None
 
 
 def wrap_keys(keys: MasterKeys, passphrase: str, repository_id: str) -> dict[str, Any]:

@@ -59,6 +59,9 @@ class BlobType(enum.IntEnum):
     FILE = 3
 
 
+_BLOB_TYPES = {int(t): t for t in BlobType}
+
+
 @attrs.frozen
 class BlobLocation:
     """Where one blob lives: pack, byte offset and stored length, and its plain length."""
@@ -223,11 +226,12 @@ def decode_index(sealer: Sealer, stored: bytes, what: str
             end = pos + count * _INDEX_ENTRY.size
             if end > len(view):
                 raise RepositoryCorrupt(f"{what} is truncated")
-            entries = [(BlobType(t), i, o, n, r) for t, i, o, n, r
+            # A dict lookup, not BlobType(t): an enum call per entry was most of the load.
+            entries = [(_BLOB_TYPES[t], i, o, n, r) for t, i, o, n, r
                        in _INDEX_ENTRY.iter_unpack(view[pos:end])]
             pos = end
             yield pack_id, entries
-    except (struct.error, ValueError):
+    except (struct.error, ValueError, KeyError):
         raise RepositoryCorrupt(f"{what} is malformed") from None
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sbr_core.directio import DirectWriter
 from sbr_core.errors import RepositoryCorrupt, UsageError
 from sbr_core.models import Entry, EntryKind
 from sbr_core.operation import Operation
@@ -88,6 +89,7 @@ def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
         raise UsageError(f"{target} is neither a regular file nor a block device")
     flags = os.O_WRONLY | (0 if is_device else os.O_CREAT | os.O_TRUNC)
     fd = os.open(target, flags, 0o600)
+    out: DirectWriter | None = None
     written = 0
     try:
         if is_device:
@@ -97,37 +99,45 @@ def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
                                  f"{disk.size}")
         else:
             os.ftruncate(fd, disk.size)
+        out = DirectWriter(fd, str(target))
         chunk_size = disk.chunk_size
         batches = batched(enumerate(disk_chunk_ids(repo, disk)), 32)
 
-        def fetch_and_write(batch: list[tuple[int, bytes]]) -> tuple[int, int]:
-            """On a worker: read a batch's chunks and write them at their offsets."""
-            datas = fetch_blobs(repo, [blob_id for _, blob_id in batch])
-            done = 0
+        def fetch(batch: list[tuple[int, bytes]]) -> tuple[list[tuple[int, bytes]], list[bytes]]:
+            """On a worker: read, decrypt and decompress a batch's chunks."""
+            return batch, fetch_blobs(repo, [blob_id for _, blob_id in batch])
+
+        # Workers only fetch; this thread writes, in order. Writes from several threads to
+        # one file queue on its inode lock, and the waiters spun on it: 14 % of a restore's
+        # CPU on this 2-core machine, taken from decompression.
+        for batch, datas in ordered_map(fetch, batches, workers=WORKERS, lookahead=LOOKAHEAD):
+            run: list[bytes] = []  # adjacent chunks, written with one pwritev
+            run_at = 0
             for (index, blob_id), data in zip(batch, datas, strict=True):
                 offset = index * chunk_size
                 length = min(chunk_size, disk.size - offset)
                 if blob_id == ZERO_ID:
                     if not is_device:
+                        out.write(run, run_at)
+                        run = []
                         continue  # the file is sparse there already
                     data = bytes(length)
                 elif len(data) != length:
                     raise RepositoryCorrupt(f"chunk {index} of disk {disk.key!r} holds "
                                             f"{len(data)} bytes, not {length}")
-                view = memoryview(data)
-                while view:
-                    view = view[os.pwrite(fd, view, offset + length - len(view)):]
-                done += length
-            return batch[-1][0], done
-
-        for last_index, done in ordered_map(fetch_and_write, batches, workers=WORKERS,
-                                            lookahead=LOOKAHEAD):
-            written += done
+                if not run:
+                    run_at = offset
+                run.append(data)
+                written += length
+            out.write(run, run_at)
             op.check()
+            last_index = batch[-1][0]
             op.progress(min((last_index + 1) * chunk_size, disk.size), disk.size,
                         f"disk {disk.key}")
         os.fsync(fd)
     finally:
+        if out is not None:
+            out.close()
         os.close(fd)
     return written
 

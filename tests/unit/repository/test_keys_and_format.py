@@ -10,7 +10,7 @@ import pytest
 
 from sbr_core.errors import RepositoryCorrupt, RepositoryError, UsageError, WrongPassphrase
 from sbr_core.repository import init_repository, open_repository
-from sbr_core.repository.crypto import AesGcmSealer, MasterKeys, Sealer
+from sbr_core.repository.crypto import AesGcmSealer, MasterKeys, Sealer, _kek
 from sbr_core.repository.format import (
     BlobType,
     build_pack_tail,
@@ -43,6 +43,27 @@ def test_exported_key_opens_the_repository_after_its_keys_are_lost(tmp_path: Pat
         open_repository(destination, passphrase=PASSPHRASE)
     assert open_repository(destination, passphrase=PASSPHRASE, key_file=exported).config.id \
         == repo.config.id
+
+
+def test_key_derivation_is_rfc_7914_scrypt() -> None:
+    # The second test vector of RFC 7914 (its first 32 bytes: SBR derives 256-bit keys), so
+    # key files written by any earlier SBR, or by another scrypt, keep opening.
+    assert _kek("password", b"NaCl", 1024, 8, 16).hex() == (
+        "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162")
+
+
+@pytest.mark.parametrize(("n", "r", "message"), [
+    (2**24, 8, "asks scrypt for 16384 MiB"),  # a damaged or hostile key file
+    (1000, 8, "scrypt parameters are invalid"),  # not a power of two
+])
+def test_key_file_with_impossible_scrypt_parameters_is_refused(
+        tmp_path: Path, n: int, r: int, message: str) -> None:
+    destination = make_destination(tmp_path / "r")
+    repo = init_repository(destination, passphrase=PASSPHRASE)
+    exported = json.loads(export_key(repo, PASSPHRASE))
+    exported["kdf"].update(n=n, r=r)
+    with pytest.raises(RepositoryCorrupt, match=message):
+        open_repository(destination, passphrase=PASSPHRASE, key_file=exported)
 
 
 def test_passphrase_change_keeps_the_data_key(tmp_path: Path) -> None:
