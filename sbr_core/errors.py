@@ -37,6 +37,16 @@ class NotFoundError(UsageError):
     """A named object (plugin, user, destination, …) does not exist."""
 
 
+class ConflictError(UsageError):
+    """The request clashes with the current state (a backup already pending, a workflow
+    that already ended): HTTP 409."""
+
+
+class LeaseLost(ConflictError):
+    """A node reported on a task it no longer holds (its lease ran out and the task went
+    elsewhere, or the task was cancelled): the report is refused."""
+
+
 class PluginError(SbrError):
     """A plugin misbehaved: bad registration, wrong provider type, duplicate name."""
 
@@ -109,6 +119,10 @@ class SecretError(SbrError):
 
 class RepositoryError(SbrError):
     """A backup repository cannot be used as asked (not initialised, no such backup, locked)."""
+
+
+class RepositoryNotFound(RepositoryError):
+    """There is no repository at that destination (yet)."""
 
 
 class RepositoryCorrupt(RepositoryError):

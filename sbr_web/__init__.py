@@ -9,13 +9,14 @@ from flask import Flask
 
 from sbr_core.plugins import PluginHost
 from sbr_core.runtime import Runtime
-from sbr_core.secretbox import derive_key, load_or_create_key
+from sbr_core.secretbox import SecretBox, derive_key, load_or_create_key
 
 
 def create_app(*, runtime: Runtime, db: pw.Database, host: PluginHost,
                config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app. The database must be open and its schema current."""
-    from sbr_web import api, auth, csrf, ui
+    from sbr_core.engine.announce import Announcer
+    from sbr_web import api, auth, csrf, errors, node_api, ui
 
     app = Flask(__name__)
     app.config.update(
@@ -26,7 +27,9 @@ def create_app(*, runtime: Runtime, db: pw.Database, host: PluginHost,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
     )
     app.config.update(config or {})
-    app.extensions["sbr"] = {"runtime": runtime, "db": db, "host": host}
+    server_key = load_or_create_key(runtime.key_file)
+    app.extensions["sbr"] = {"runtime": runtime, "db": db, "host": host,
+                             "box": SecretBox(server_key), "events": Announcer(host)}
 
     @app.before_request
     def _connect() -> None:
@@ -42,6 +45,8 @@ def create_app(*, runtime: Runtime, db: pw.Database, host: PluginHost,
     app.register_blueprint(auth.blueprint)
     app.register_blueprint(ui.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(node_api.blueprint)
+    errors.init_app(app)
     _register_plugin_blueprints(app, host)
     ui.register_error_pages(app)
     return app

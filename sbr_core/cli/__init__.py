@@ -50,6 +50,7 @@ BUILTIN_COMMANDS = {
     "user": "sbr_core.cli.users:user",
     "server": "sbr_core.cli.server:server",
     "repo": "sbr_core.cli.repo:repo",
+    "node": "sbr_core.cli.node:node",
 }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from pathlib import Path
 
 import click
 
 from sbr_core.cli.context import database, plugin_host, runtime
+from sbr_core.engine.service import EngineLoop
 from sbr_core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,13 @@ log = logging.getLogger(__name__)
               help="TCP port to listen on.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Worker threads serving requests.")
-def server(host: str, port: int, threads: int) -> None:
+@click.option("--no-local-node", is_flag=True,
+              help="Do not run a node inside the server: only `sbr node` processes work.")
+@click.option("--tick", "tick_seconds", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds between the engine's passes (lost nodes, schedules, retention).")
+def server(host: str, port: int, threads: int, no_local_node: bool,
+           tick_seconds: float) -> None:
     """Run the SBR server (web UI, REST API). Migrates the database schema on start."""
     import waitress
 
@@ -37,7 +45,37 @@ def server(host: str, port: int, threads: int) -> None:
     if password_file:
         click.echo(f"first start: user 'admin' was created; its password is in {password_file}")
     logging.getLogger().setLevel(logging.INFO)
+    engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=tick_seconds)
+    engine.start()
+    if not no_local_node:
+        _start_local_node(host, port, rt.data_dir / "staging")
     waitress.serve(app, sockets=[listener], threads=threads, ident="sbr")
+
+
+LOCAL_NODE = "local"
+
+
+def _start_local_node(host: str, port: int, staging_dir: Path) -> None:
+    """The node inside the server: it talks to this server over loopback with a token made
+    afresh at each start (only its hash is stored)."""
+    import threading
+
+    from sbr_core.db.schema import Node
+    from sbr_core.engine import nodes
+    from sbr_core.engine.agent import NodeAgent
+    from sbr_core.engine.client import NodeClient
+
+    if Node.get_or_none(Node.name == LOCAL_NODE) is None:
+        _, token = nodes.add_node(LOCAL_NODE)
+    else:
+        token = nodes.rotate_token(LOCAL_NODE)
+    wildcard = host in ("0.0.0.0", "")  # noqa: S104 - mapping the wildcard to loopback
+    address = "127.0.0.1" if wildcard else ("[::1]" if host == "::" else host)
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    agent = NodeAgent(NodeClient(f"http://{address}:{port}", token), plugin_host(),
+                      staging_dir=staging_dir)
+    threading.Thread(target=agent.run, name="sbr-local-node", daemon=True).start()
 
 
 def _bind(host: str, port: int) -> socket.socket:

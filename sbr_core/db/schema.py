@@ -89,6 +89,7 @@ class Destination(BaseModel):
     secrets = pw.TextField(default="")
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
+    repository_secret = pw.TextField(default="")  # migration 4: sealed passphrase
 
 
 class Instance(BaseModel):
@@ -160,12 +161,17 @@ class Workflow(BaseModel):
     kind = pw.CharField(max_length=32)
     state = pw.CharField(max_length=16, default="pending", index=True)
     instance = pw.ForeignKeyField(Instance, null=True, on_delete="SET NULL")
+    instance_id: int | None
     policy = pw.ForeignKeyField(Policy, null=True, on_delete="SET NULL")
+    policy_id: int | None
     requested_by = pw.CharField(max_length=150, default="")
     params = JsonField(default=dict)
     error = pw.TextField(default="")
     created_at = pw.DateTimeField(default=utcnow)
     finished_at = pw.DateTimeField(null=True)
+    priority = pw.IntegerField(default=50)  # migration 4: the policy's, higher runs first
+    provider_name = pw.CharField(max_length=100, default="")  # the instance's connection
+    location = pw.CharField(max_length=255, default="")  # the instance's, for node affinity
 
 
 class Task(BaseModel):
@@ -220,8 +226,25 @@ class Backup(BaseModel):
         indexes = ((("instance", "started_at"), False),)
 
 
+# --- API tokens (migration 4) -------------------------------------------------------------
+
+
+class ApiToken(BaseModel):
+    """A bearer token for the REST API (``sbr login``): only its SHA-256 is kept."""
+
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="tokens")
+    user_id: int
+    name = pw.CharField(max_length=100, default="")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_used_at = pw.DateTimeField(null=True)
+    expires_at = pw.DateTimeField(null=True)
+    revoked = pw.BooleanField(default=False)
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     Role, Permission, RolePermission, User, AuditLog,
     ProviderConnection, Destination, Instance,
     Policy, PolicyInstance, Schedule, Node, Workflow, Task, TaskLog, Backup,
+    ApiToken,
 )

@@ -42,7 +42,8 @@ class Reaped:
     requeued: bool  # False: out of attempts, the task and its workflow failed
 
 
-def _claim_transaction(db: pw.Database) -> Any:
+def claim_transaction(db: pw.Database) -> Any:
+    """A transaction that writes: on SQLite it takes the write lock first."""
     if isinstance(db, pw.SqliteDatabase):
         # Take the write lock before reading, so two claimers cannot both read one row as
         # free (a plain transaction begins DEFERRED).
@@ -53,15 +54,17 @@ def _claim_transaction(db: pw.Database) -> Any:
 def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Claim | None:
     """Give ``node`` the oldest task it may run, or None. Atomic on both databases."""
     now = now or utcnow()
-    with _claim_transaction(db):
+    with claim_transaction(db):
         running = Task.select().where((Task.node == node) & (Task.state == "running")).count()
         if running >= node.concurrency:
             return None
-        query = (Task.select()
+        query = (Task.select(Task.id, Task.attempts, Task.workflow, Task.step)
+                 .join(Workflow, on=(Task.workflow == Workflow.id))
                  .where((Task.state == "queued")
                         & (Task.not_before.is_null() | (Task.not_before <= now))
-                        & (Task.node.is_null() | (Task.node == node)))
-                 .order_by(Task.id).limit(1))
+                        & (Task.node.is_null() | (Task.node == node))
+                        & _placement(node))
+                 .order_by(Workflow.priority.desc(), Task.id).limit(1))
         if not isinstance(db, pw.SqliteDatabase):  # SQLite has no row locks: BEGIN IMMEDIATE
             query = query.for_update("FOR UPDATE SKIP LOCKED")  # type: ignore[arg-type]
         rows = list(query)
@@ -79,6 +82,48 @@ def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Cla
         Workflow.update(state="running").where(
             (Workflow.id == task.workflow_id) & (Workflow.state == "pending")).execute()
         return Claim(task.id, attempt, task.workflow_id, task.step)
+
+
+def parse_affinity(values: Any) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A node's ties: ``provider:NAME`` (a provider connection) and ``cluster:PATH`` (an
+    instance location and everything below it)."""
+    providers: set[str] = set()
+    clusters: list[str] = []
+    for value in values or ():
+        kind, _, name = str(value).partition(":")
+        if kind == "provider" and name:
+            providers.add(name)
+        elif kind == "cluster" and name:
+            clusters.append(name.rstrip("/"))
+    return frozenset(providers), tuple(clusters)
+
+
+def _placement(node: Node) -> Any:
+    """Which workflows ``node`` may take. A node tied to providers or clusters takes only
+    theirs; an untied node takes everything no node is tied to, so work for a tied
+    provider waits for its own nodes rather than running where it cannot reach."""
+    providers, clusters = parse_affinity(node.affinity)
+    if providers or clusters:
+        return _matches(providers, clusters)
+    all_providers: set[str] = set()
+    all_clusters: list[str] = []
+    for other in Node.select(Node.affinity).where(Node.revoked == False):  # noqa: E712
+        more_providers, more_clusters = parse_affinity(other.affinity)
+        all_providers |= more_providers
+        all_clusters.extend(more_clusters)
+    if not all_providers and not all_clusters:
+        return pw.SQL("1 = 1")
+    return ~_matches(frozenset(all_providers), tuple(all_clusters))
+
+
+def _matches(providers: frozenset[str], clusters: tuple[str, ...]) -> Any:
+    condition: Any = pw.SQL("1 = 0")
+    if providers:
+        condition = condition | Workflow.provider_name.in_(sorted(providers))
+    for cluster in clusters:
+        condition = condition | (Workflow.location == cluster) | Workflow.location.startswith(
+            cluster + "/")
+    return condition
 
 
 def renew(db: pw.Database, task_id: int, node: Node, attempt: int, *,
@@ -104,19 +149,32 @@ def reap(db: pw.Database, *, now: dt.datetime | None = None) -> list[Reaped]:
     or fail it (and its workflow) when it has used all its attempts."""
     now = now or utcnow()
     done: list[Reaped] = []
-    with db.atomic():
+    with claim_transaction(db):
         expired = list(Task.select(Task, Node).join(Node, pw.JOIN.LEFT_OUTER)
                        .where((Task.state == "running") & (Task.lease_expires_at < now)))
         for task in expired:
             node_name = task.node.name if task.node is not None else ""
             reason = f"node {node_name!r} stopped renewing its lease"
-            if task.attempts < task.max_attempts:
-                Task.update(state="queued", node=None, lease_expires_at=None,
-                            not_before=now + retry_delay(task.attempts),
-                            error=reason).where(Task.id == task.id).execute()
+            # One node runs a whole workflow (its later steps need what the first left on
+            # that node), so a lost node's workflow starts again from its first task, and
+            # the attempts of that first task count the restarts.
+            first = (Task.select().where((Task.workflow == task.workflow_id)
+                                         & (Task.seq < task.seq))
+                     .order_by(Task.seq).first()) or task
+            attempts, limit = first.attempts, first.max_attempts
+            if attempts < limit:
+                if first.id != task.id:
+                    Task.update(state="waiting", node=None, lease_expires_at=None,
+                                result=None, started_at=None, finished_at=None,
+                                progress_done=0, progress_total=0, speed_bps=0).where(
+                        (Task.workflow == task.workflow_id)
+                        & (Task.seq > first.seq)).execute()
+                Task.update(state="queued", node=None, lease_expires_at=None, result=None,
+                            finished_at=None, not_before=now + retry_delay(attempts),
+                            error=reason).where(Task.id == first.id).execute()
                 done.append(Reaped(task.id, node_name, requeued=True))
             else:
-                message = f"{reason}; gave up after {task.attempts} attempts"
+                message = f"{reason}; gave up after {attempts} attempts"
                 Task.update(state="failed", lease_expires_at=None, finished_at=now,
                             error=message).where(Task.id == task.id).execute()
                 Task.update(state="cancelled", finished_at=now).where(
@@ -125,4 +183,7 @@ def reap(db: pw.Database, *, now: dt.datetime | None = None) -> list[Reaped]:
                 Workflow.update(state="failed", error=message, finished_at=now).where(
                     Workflow.id == task.workflow_id).execute()
                 done.append(Reaped(task.id, node_name, requeued=False))
+        lost = {r.node_name for r in done if r.node_name}
+        if lost:
+            Node.update(state="lost").where(Node.name.in_(sorted(lost))).execute()
     return done

@@ -17,6 +17,7 @@ from sbr_core.errors import (
     ObjectNotFound,
     RepositoryCorrupt,
     RepositoryError,
+    RepositoryNotFound,
     UsageError,
     WrongPassphrase,
 )
@@ -124,7 +125,7 @@ def open_repository(destination: Destination, *,
     try:
         raw = destination.get("config")
     except ObjectNotFound:
-        raise RepositoryError("no repository there (run `sbr repo init` first)") from None
+        raise RepositoryNotFound("no repository there (run `sbr repo init` first)") from None
     try:
         params = json.loads(raw)
         if params.get("format") != FORMAT_NAME:

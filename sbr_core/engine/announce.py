@@ -1,0 +1,79 @@
+"""Turning engine transitions into the events plugins hear (notifiers, auditors).
+
+Events are announced after the transaction that made them true has committed; a listener
+that raises is the plugin host's business (it logs and carries on), never the task's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sbr_core.db.schema import Backup, Destination, Instance, Task, Workflow
+from sbr_core.engine.claims import Claim, Reaped
+from sbr_core.events import BackupEvent, NodeEvent, TaskEvent
+from sbr_core.plugins import PluginHost
+
+
+class Announcer:
+    """Emits TaskEvent, BackupEvent and NodeEvent through ``host``."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
+
+    def task_started(self, claim: Claim, node_name: str) -> None:
+        workflow = Workflow.get_by_id(claim.workflow_id)
+        self.host.emit(TaskEvent(task_id=claim.task_id, workflow_id=workflow.id,
+                                 kind=f"{workflow.kind}.{claim.step}", state="running",
+                                 instance_name=_instance_name(workflow), node_name=node_name))
+
+    def task_finished(self, task_id: int, state: str, node_name: str, finished: Any) -> None:
+        task = Task.get_by_id(task_id)
+        workflow = Workflow.get_by_id(task.workflow_id)
+        self.host.emit(TaskEvent(task_id=task.id, workflow_id=workflow.id,
+                                 kind=f"{workflow.kind}.{task.step}", state=state,
+                                 instance_name=_instance_name(workflow), node_name=node_name,
+                                 error=task.error))
+        if finished.workflow_state is not None:
+            self.workflow_ended(workflow.id)
+
+    def workflow_ended(self, workflow_id: int) -> None:
+        workflow = Workflow.get_by_id(workflow_id)
+        if workflow.kind != "backup" or workflow.instance_id is None:
+            return
+        destination = Destination.get_or_none(
+            Destination.id == (workflow.params or {}).get("destination_id"))
+        base: dict[str, Any] = {
+            "instance_name": _instance_name(workflow),
+            "destination_name": destination.name if destination is not None else "",
+            "workflow_id": workflow.id}
+        if workflow.state == "succeeded":
+            backup = Backup.get_or_none(Backup.workflow == workflow.id)
+            if backup is not None:
+                seconds = (backup.finished_at - workflow.created_at).total_seconds() \
+                    if backup.finished_at else 0.0
+                self.host.emit(BackupEvent(
+                    **base, backup_id=backup.repo_backup_id, full=backup.kind == "full",
+                    bytes_read=backup.bytes_logical, bytes_stored=backup.bytes_stored,
+                    duration_s=seconds))
+        elif workflow.state in ("failed", "cancelled"):
+            self.host.emit(BackupEvent(**base, error=workflow.error or workflow.state))
+
+    def reaped(self, reaped: list[Reaped]) -> None:
+        by_node: dict[str, int] = {}
+        for item in reaped:
+            if item.node_name:
+                by_node[item.node_name] = by_node.get(item.node_name, 0) + 1
+        for name, count in sorted(by_node.items()):
+            self.host.emit(NodeEvent(node_name=name, last_seen=time.time(),
+                                     tasks_requeued=count))
+        for item in reaped:
+            if not item.requeued:
+                self.workflow_ended(Task.get_by_id(item.task_id).workflow_id)
+
+
+def _instance_name(workflow: Workflow) -> str:
+    if workflow.instance_id is None:
+        return ""
+    instance = Instance.get_or_none(Instance.id == workflow.instance_id)
+    return instance.name if instance is not None else ""

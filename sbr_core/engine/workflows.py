@@ -1,0 +1,237 @@
+"""Workflows as rows: creating them with their tasks, and every state change after a claim.
+
+The server owns these transitions; nodes ask for them over the node API. Each runs in one
+transaction, fenced by the task's attempt number (see :mod:`.claims`), so a late report
+from a node that lost its lease changes nothing.
+
+States. Workflow: ``pending`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled``, with
+``cancelling`` while a running task winds down. Task: ``waiting`` → ``queued`` → ``running``
+→ ``succeeded`` | ``failed`` | ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import peewee as pw
+
+from sbr_core.db.schema import Backup, Instance, Node, Policy, Task, TaskLog, Workflow, utcnow
+from sbr_core.engine.claims import LEASE, Claim, claim_transaction
+from sbr_core.errors import ConflictError, LeaseLost, NotFoundError, UsageError
+from sbr_core.plugins import PluginHost
+
+#: The core's steps of each workflow kind, in order (DESIGN.md, "Workflows and tasks").
+CORE_STEPS: Mapping[str, tuple[str, ...]] = {
+    "backup": ("export", "store"),
+    "restore": ("restore",),
+    "restore-import": ("restore", "import"),
+    "mount": ("restore", "mount"),
+    "snapshot": ("snapshot",),
+}
+#: Kinds of which an instance may have only one unfinished workflow at a time.
+EXCLUSIVE_KINDS = frozenset({"backup", "snapshot"})
+ACTIVE_STATES = ("pending", "running", "cancelling")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+MAX_LOG_LINE = 4000
+
+
+@attrs.frozen
+class Finished:
+    """What :func:`finish_task` did: the next task the node should run now (pinned to it),
+    and the workflow's state when it ended (``None`` while it goes on)."""
+
+    next: Claim | None
+    workflow_state: str | None
+
+
+def plan_steps(kind: str, host: PluginHost | None) -> list[tuple[str, bool]]:
+    """The steps of a ``kind`` workflow with the plugin steps inserted beside their anchors:
+    ``(step name, always_run)`` pairs."""
+    if kind not in CORE_STEPS:
+        known = ", ".join(CORE_STEPS)
+        raise UsageError(f"kind: unknown workflow kind {kind!r} (known: {known})")
+    steps: list[tuple[str, bool]] = [(name, False) for name in CORE_STEPS[kind]]
+    if host is None:
+        return steps
+    for name, step in sorted(host.workflow_steps().items()):
+        if kind not in step.workflows:
+            continue
+        names = [s for s, _ in steps]
+        if step.anchor not in names:
+            continue
+        at = names.index(step.anchor) + (1 if step.position == "after" else 0)
+        steps.insert(at, (name, bool(step.always_run)))
+    return steps
+
+
+def create_workflow(db: pw.Database, kind: str, *, instance: Instance | None = None,
+                    policy: Policy | None = None, requested_by: str = "",
+                    params: Mapping[str, Any] | None = None, priority: int | None = None,
+                    host: PluginHost | None = None, max_attempts: int = 3) -> Workflow:
+    """Create a workflow and all its tasks in one transaction; the first task is queued.
+
+    A backup or snapshot of an instance that already has one pending or running is refused
+    (ConflictError), under a lock, so two schedulers or two clicks never queue it twice.
+    """
+    steps = plan_steps(kind, host)
+    if priority is None:
+        priority = policy.priority if policy is not None else 50
+    if not 0 <= priority <= 100:
+        raise UsageError(f"priority: must be from 0 to 100, not {priority}")
+    with claim_transaction(db):
+        if instance is not None and kind in EXCLUSIVE_KINDS:
+            _lock_instance(db, instance.id)
+            busy = (Workflow.select(Workflow.id)
+                    .where((Workflow.instance == instance.id) & (Workflow.kind == kind)
+                           & Workflow.state.in_(ACTIVE_STATES))
+                    .first())
+            if busy is not None:
+                raise ConflictError(f"instance {instance.name!r} already has a {kind} "
+                                    f"pending or running (workflow {busy.id})")
+        workflow = Workflow.create(
+            kind=kind, state="pending", instance=instance, policy=policy,
+            requested_by=requested_by, params=dict(params or {}), priority=priority,
+            provider_name=instance.connection.name if instance is not None else "",
+            location=instance.location if instance is not None else "")
+        Task.insert_many([
+            {"workflow": workflow.id, "step": name, "seq": seq,
+             "state": "queued" if seq == 0 else "waiting", "max_attempts": max_attempts,
+             "params": {"always_run": always_run} if always_run else {}}
+            for seq, (name, always_run) in enumerate(steps)
+        ]).execute()
+    return workflow
+
+
+def _lock_instance(db: pw.Database, instance_id: int) -> None:
+    """Serialise workflow creation per instance (SQLite: BEGIN IMMEDIATE already did)."""
+    if not isinstance(db, pw.SqliteDatabase):
+        list(Instance.select(Instance.id).where(Instance.id == instance_id)
+             .for_update())
+
+
+def held_task(task_id: int, node: Node, attempt: int) -> Task:
+    """The running task ``node`` holds with ``attempt``; LeaseLost otherwise."""
+    task: Task | None = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise NotFoundError(f"task: no task {task_id}")
+    if task.node_id != node.id or task.attempts != attempt or task.state != "running":
+        raise LeaseLost(f"task {task_id} is no longer held by node {node.name!r} with "
+                        f"attempt {attempt} (it is {task.state})")
+    return task
+
+
+def heartbeat(db: pw.Database, task_id: int, node: Node, attempt: int, *,
+              done: int | None = None, total: int | None = None, speed: int | None = None,
+              log: Sequence[tuple[str, str]] = (), now: dt.datetime | None = None) -> bool:
+    """Renew a task's lease, record its progress and log lines; True when its workflow is
+    being cancelled (the node stops the step)."""
+    now = now or utcnow()
+    with db.atomic():
+        task = held_task(task_id, node, attempt)
+        changes: dict[Any, Any] = {Task.lease_expires_at: now + LEASE}
+        if done is not None:
+            changes[Task.progress_done] = max(0, int(done))
+        if total is not None:
+            changes[Task.progress_total] = max(0, int(total))
+        if speed is not None:
+            changes[Task.speed_bps] = max(0, int(speed))
+        Task.update(changes).where(Task.id == task.id).execute()
+        _append_log(task.id, log, now)
+        Node.update(last_seen_at=now, state="online").where(Node.id == node.id).execute()
+        state = Workflow.select(Workflow.state).where(Workflow.id == task.workflow_id).scalar()
+    return bool(state == "cancelling")
+
+
+def _append_log(task_id: int, lines: Sequence[tuple[str, str]], now: dt.datetime) -> None:
+    rows = [{"task": task_id, "at": now, "level": str(level)[:8],
+             "message": str(message)[:MAX_LOG_LINE]} for level, message in lines]
+    if rows:
+        TaskLog.insert_many(rows).execute()
+
+
+def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, state: str,
+                result: Mapping[str, Any] | None = None, error: str = "",
+                log: Sequence[tuple[str, str]] = (),
+                now: dt.datetime | None = None) -> Finished:
+    """Record how a task ended and move its workflow on, in one transaction.
+
+    ``succeeded``: the next task is started on the same node and returned. A backup's
+    ``store`` result becomes its catalog row here, so the backup is visible exactly when the
+    task counts as done. ``failed`` / ``cancelled``: the remaining tasks are cancelled,
+    except ``always_run`` ones (a thaw, a clean-up), which still run.
+    """
+    if state not in FINISHED_STATES:
+        raise UsageError(f"state: must be one of {', '.join(FINISHED_STATES)}, not {state!r}")
+    now = now or utcnow()
+    with claim_transaction(db):
+        task = held_task(task_id, node, attempt)
+        workflow = Workflow.get_by_id(task.workflow_id)
+        Task.update(state=state, result=dict(result or {}), error=error[:MAX_LOG_LINE],
+                    finished_at=now, lease_expires_at=None).where(Task.id == task.id).execute()
+        _append_log(task.id, log, now)
+        if state == "succeeded" and workflow.kind == "backup" and task.step == "store":
+            _record_backup(workflow, dict(result or {}), now)
+        if state != "succeeded" and not workflow.error:
+            workflow.error = error or f"{task.step} was {state}"
+            Workflow.update(error=workflow.error).where(Workflow.id == workflow.id).execute()
+        failing = bool(workflow.error) or workflow.state == "cancelling"
+        later = list(Task.select().where((Task.workflow == workflow.id)
+                                         & (Task.state == "waiting")).order_by(Task.seq))
+        for following in later:
+            if failing and not following.params.get("always_run"):
+                Task.update(state="cancelled", finished_at=now).where(
+                    Task.id == following.id).execute()
+                continue
+            next_attempt = following.attempts + 1
+            Task.update(state="running", node=node, attempts=next_attempt, started_at=now,
+                        lease_expires_at=now + LEASE).where(Task.id == following.id).execute()
+            return Finished(Claim(following.id, next_attempt, workflow.id, following.step),
+                            None)
+        if workflow.state == "cancelling" or state == "cancelled":
+            final = "cancelled"
+        else:
+            final = "failed" if workflow.error else "succeeded"
+        Workflow.update(state=final, finished_at=now).where(Workflow.id == workflow.id).execute()
+        return Finished(None, final)
+
+
+def _record_backup(workflow: Workflow, result: dict[str, Any], now: dt.datetime) -> None:
+    try:
+        backup_id = str(result["backup_id"])
+        destination_id = int(workflow.params["destination_id"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError("result: a store result needs backup_id (and the workflow a "
+                         "destination)") from None
+    Backup.create(
+        instance=workflow.instance_id, destination=destination_id, policy=workflow.policy_id,
+        workflow=workflow.id, repo_backup_id=backup_id,
+        kind="full" if result.get("full") else "incremental",
+        started_at=workflow.created_at, finished_at=now,
+        bytes_logical=int(result.get("bytes_logical", 0)),
+        bytes_stored=int(result.get("bytes_stored", 0)),
+        platform_state=dict(result.get("platform_state") or {}))
+
+
+def cancel_workflow(db: pw.Database, workflow_id: int, *,
+                    now: dt.datetime | None = None) -> str:
+    """Ask a workflow to stop: tasks not started are cancelled now; a running one learns it
+    at its next heartbeat and unwinds. Returns the workflow's new state."""
+    now = now or utcnow()
+    with claim_transaction(db):
+        workflow: Workflow | None = Workflow.get_or_none(Workflow.id == workflow_id)
+        if workflow is None:
+            raise NotFoundError(f"workflow: no workflow {workflow_id}")
+        if workflow.state in FINISHED_STATES:
+            raise ConflictError(f"workflow {workflow_id} already {workflow.state}")
+        Task.update(state="cancelled", finished_at=now).where(
+            (Task.workflow == workflow_id) & Task.state.in_(("waiting", "queued"))).execute()
+        running = Task.select().where((Task.workflow == workflow_id)
+                                      & (Task.state == "running")).exists()
+        state = "cancelling" if running else "cancelled"
+        Workflow.update(state=state, error=workflow.error or "cancelled by request",
+                        finished_at=None if running else now).where(
+            Workflow.id == workflow_id).execute()
+    return state

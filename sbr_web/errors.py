@@ -1,0 +1,48 @@
+"""SBR's errors as HTTP answers for the JSON APIs, and strict JSON request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, request
+
+from sbr_core.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    SbrError,
+    UsageError,
+)
+
+
+def status_of(exc: SbrError) -> int:
+    """400 bad input, 401 bad credentials, 404 unknown id, 409 wrong state, 502 otherwise
+    (a provider or destination failed behind the server)."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, (UsageError, ConfigError)):
+        return 400
+    if isinstance(exc, AuthError):
+        return 401
+    return 502
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; UsageError (400) for anything else."""
+    body = request.get_json(silent=True)
+    if body is None and not request.data:
+        return {}
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object")
+    return body
+
+
+def init_app(app: Flask) -> None:
+    """Answer API requests that raise an SbrError with its message and status."""
+
+    @app.errorhandler(SbrError)
+    def _sbr_error(exc: SbrError) -> Any:
+        return jsonify(error=str(exc)), status_of(exc)
