@@ -11,7 +11,7 @@ plugin cannot hurt the others.
 Groups:
 
 * registration — providers a plugin contributes: hypervisors, applications, storage providers,
-  backup destinations, workflow steps;
+  backup destinations, workflow steps, notifiers;
 * surface — CLI commands and web blueprints;
 * steps — wrapping each workflow step (pre/post commands, timing, audit);
 * events — told in the past tense, after the fact; return values are ignored.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import flask
 
     from sbr_core.events import BackupEvent, NodeEvent, TaskEvent
-    from sbr_core.providers import Application, Destination, Hypervisor, StorageProvider
+    from sbr_core.providers import Application, Destination, Hypervisor, Notifier, StorageProvider
     from sbr_core.steps import StepContext, StepResult, WorkflowStep
 
 PROJECT = "sbr"
@@ -100,6 +100,24 @@ def sbr_register_workflow_steps() -> list[type[WorkflowStep]]:
     Called by: ``PluginHost.workflow_steps()``, once per host, when workflows are planned.
 
     Returns: a list of :class:`sbr_core.steps.WorkflowStep` subclasses, or ``None``.
+
+    May raise: anything; the host marks only this plugin unavailable.
+    """
+
+
+@hookspec
+def sbr_register_notifiers() -> list[type[Notifier]]:
+    """Contribute notifiers: places that tell people about failed backups, failed tasks and
+    lost nodes (e-mail, webhooks, chat, ticket systems).
+
+    Called by: ``PluginHost.notifiers()``, once per host, when the server's notification
+    worker first loads the notifier connections an admin configured, or when the UI or CLI
+    lists the notifier plugins.
+
+    Returns: a list of :class:`sbr_core.providers.Notifier` subclasses, or ``None``. Each
+    class's ``Config`` must derive from :class:`sbr_core.providers.NotifierConfig`, which
+    carries the event choices every notifier offers. Deliveries run in a worker thread of
+    the server, never in a task, with the configured timeout and a few retries.
 
     May raise: anything; the host marks only this plugin unavailable.
     """

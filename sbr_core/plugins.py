@@ -25,6 +25,8 @@ from sbr_core.providers import (
     Application,
     Destination,
     Hypervisor,
+    Notifier,
+    NotifierConfig,
     Provider,
     ProviderKind,
     StorageProvider,
@@ -46,6 +48,7 @@ _HOOK_KINDS = {
     "sbr_register_storage_providers": "storage",
     "sbr_register_destinations": "destination",
     "sbr_register_workflow_steps": "workflow-step",
+    "sbr_register_notifiers": "notifier",
     "sbr_register_commands": "cli",
     "sbr_register_blueprints": "web",
     "sbr_run_step": "step-wrapper",
@@ -61,6 +64,7 @@ _PROVIDER_HOOKS: dict[ProviderKind, tuple[str, type[Provider]]] = {
     ProviderKind.APPLICATION: ("sbr_register_applications", Application),
     ProviderKind.STORAGE: ("sbr_register_storage_providers", StorageProvider),
     ProviderKind.DESTINATION: ("sbr_register_destinations", Destination),
+    ProviderKind.NOTIFIER: ("sbr_register_notifiers", Notifier),
 }
 
 
@@ -264,6 +268,10 @@ class PluginHost:
         """Destination classes by name."""
         return self.providers(ProviderKind.DESTINATION)  # type: ignore[return-value]
 
+    def notifiers(self) -> dict[str, type[Notifier]]:
+        """Notifier classes by name."""
+        return self.providers(ProviderKind.NOTIFIER)  # type: ignore[return-value]
+
     def provider_class(self, kind: ProviderKind, name: str) -> type[Provider]:
         """The provider class ``name`` of ``kind``; NotFoundError lists what exists."""
         found = self.providers(kind)
@@ -406,6 +414,9 @@ def _check_classes(classes: Any, base: type, kind: ProviderKind) -> str:
         seen.add(name)
         if not attrs.has(getattr(cls, "Config", None)):  # type: ignore[arg-type]
             return f"{kind.value} {name!r} has no attrs Config class"
+        if kind is ProviderKind.NOTIFIER and not issubclass(cls.Config, NotifierConfig):
+            # The dispatcher reads the event choices every notifier shares from there.
+            return f"notifier {name!r}: its Config does not derive from NotifierConfig"
         if not getattr(cls, "label", ""):
             return f"{kind.value} {name!r} has no label"
     return ""

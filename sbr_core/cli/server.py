@@ -32,7 +32,7 @@ def server(host: str, port: int, threads: int, no_local_node: bool,
     """Run the SBR server (web UI, REST API). Migrates the database schema on start."""
     import waitress
 
-    from sbr_core import accounts
+    from sbr_core import accounts, notify
     from sbr_web import create_app
 
     rt = runtime()
@@ -45,11 +45,17 @@ def server(host: str, port: int, threads: int, no_local_node: bool,
     if password_file:
         click.echo(f"first start: user 'admin' was created; its password is in {password_file}")
     logging.getLogger().setLevel(logging.INFO)
+    notifications = notify.install(app.extensions["sbr"]["host"],
+                                   box=app.extensions["sbr"]["box"])
     engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=tick_seconds)
     engine.start()
     if not no_local_node:
         _start_local_node(host, port, rt.data_dir / "staging")
-    waitress.serve(app, sockets=[listener], threads=threads, ident="sbr")
+    try:
+        waitress.serve(app, sockets=[listener], threads=threads, ident="sbr")
+    finally:
+        engine.stop()
+        notifications.close(10.0)
 
 
 LOCAL_NODE = "local"

@@ -19,6 +19,7 @@ class ProviderKind(enum.Enum):
     APPLICATION = "application"
     STORAGE = "storage"
     DESTINATION = "destination"
+    NOTIFIER = "notifier"
 
 
 @attrs.frozen

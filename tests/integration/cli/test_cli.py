@@ -8,11 +8,13 @@ import subprocess
 import time
 import urllib.request
 from http.cookiejar import CookieJar
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sbr_core.db.migrations import LATEST
 from tests.cli_runs import SBR, assert_one_line_error, sbr
 
 
@@ -68,7 +70,7 @@ def test_upgrade_then_users_on_mariadb(sbr_env: dict[str, str], mariadb: Any) ->
     env = {**sbr_env, "SBR_DATABASE_URL": mariadb.url(mariadb.new_database())}
     upgraded = sbr("db", "upgrade", env=env)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "schema version 3" in upgraded.stdout
+    assert f"schema version {LATEST}" in upgraded.stdout
     assert sbr("user", "add", "alice", "--role", "operator", "--password-stdin",
                env=env, stdin="a good password\n").returncode == 0
     assert "alice\toperator" in sbr("user", "list", env=env).stdout
@@ -145,7 +147,9 @@ def test_server_first_start_creates_admin_and_serves_login_and_plugins(
     page = opener.open(f"{base}/login", data=form).read().decode()
     assert 'data-plugin="filesystem"' in page
     api = json.loads(opener.open(f"{base}/api/v1/plugins").read())
-    assert [p["name"] for p in api] == ["filesystem", "s3"]
+    bundled = {e.name for e in entry_points(group="sbr")}
+    assert {p["name"] for p in api} == bundled | {"sbr-notifications"}
+    assert {"filesystem", "s3", "email", "webhook"} <= bundled
 
 
 def test_second_server_on_a_taken_port_is_one_line(

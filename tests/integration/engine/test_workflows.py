@@ -210,9 +210,8 @@ def test_higher_priority_workflows_are_claimed_first(database: Any) -> None:
     high = _backup(database, _instance("high"), priority=90)
     _backup(database, _instance("mid"), priority=50)
     node = _node()
-    order = [claims.claim(database, node) for _ in range(3)]
-    assert [c.workflow_id for c in order if c][0] == high.id
-    assert [c.workflow_id for c in order if c][-1] == low.id
+    order = [c.workflow_id for c in (claims.claim(database, node) for _ in range(3)) if c]
+    assert order[0] == high.id and order[-1] == low.id and len(order) == 3
     with pytest.raises(UsageError, match="priority: must be from 0 to 100"):
         _backup(database, _instance("bad"), priority=101)
 
