@@ -6,12 +6,16 @@ ranged request, and every blob is checked against its id before a byte of it is 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
+
+import attrs
 
 from sbr_core.directio import DirectWriter
 from sbr_core.errors import RepositoryCorrupt, UsageError
@@ -21,7 +25,15 @@ from sbr_core.repository.format import ZERO_ID, BlobLocation, decode_blob
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
 from sbr_core.repository.pipeline import batched, ordered_map
 from sbr_core.repository.repo import Repository
+from sbr_core.repository.sources import (
+    can_set_owner,
+    place_below,
+    restore_attributes,
+    restore_directory_attributes,
+)
 from sbr_core.repository.tree import entry_of, iter_records, path_key, record_chunks
+
+log = logging.getLogger(__name__)
 
 #: Adjacent blobs of a pack are fetched together up to this many bytes.
 COALESCE_BYTES = 8 * 1024 * 1024
@@ -188,27 +200,39 @@ class DiskImageReader:
 
 def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
                  include: str = "", op: Operation | None = None,
-                 on_entry: Callable[[str], None] | None = None) -> dict[str, int]:
+                 on_entry: Callable[[str], None] | None = None,
+                 on_warning: Callable[[str, str], None] | None = None) -> dict[str, int]:
     """Recreate a backed-up tree under ``target`` (only ``include`` and below when given).
 
     Records go to worker threads in batches: the chunks of a batch's small files are fetched
     with as few ranged reads as their packs allow, and the files are written there too.
     A file that fails to be written is removed; an interrupted restore is run again.
-    Directory times and modes are set last.
+    Owners are set when running as root. Hard links come after the files: a link to its
+    first name when that was restored too, otherwise a file of its own. Directory
+    attributes are set last. What could not be set (an owner, an extended attribute the
+    target file system refuses) goes to ``on_warning(path, problem)`` (default: the log).
     """
     if manifest.tree is None:
         raise UsageError(f"backup {manifest.id[:8]} has no file tree")
     op = op or Operation()
     target.mkdir(parents=True, exist_ok=True)
-    restorer = _TreeRestorer(repo, target.resolve())
-    want = path_key(include.strip("/")) if include.strip("/") else ()
+    warn = on_warning or (lambda path, problem: log.warning("%s: %s", path, problem))
+    restorer = _TreeRestorer(repo, target.resolve(), warn)
+    selected = _selector(include)
+    hardlinks: list[dict[str, Any]] = []  # after every file, whatever thread wrote it
 
-    def selected(path: str) -> bool:
-        return path_key(path)[:len(want)] == want
+    def records() -> Iterator[dict[str, Any]]:
+        for record in iter_records(repo, manifest.tree or ()):
+            if not selected(record["path"]):
+                continue
+            if record.get("kind") == EntryKind.HARDLINK.value:
+                hardlinks.append(record)
+            else:
+                yield record
 
-    records = (r for r in iter_records(repo, manifest.tree) if selected(r["path"]))
-    totals = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
-    for counts, paths in ordered_map(restorer.restore_batch, _record_batches(records),
+    totals = {"files": 0, "directories": 0, "links": 0, "hardlinks": 0, "bytes": 0,
+              "warnings": 0}
+    for counts, paths in ordered_map(restorer.restore_batch, _record_batches(records()),
                                      workers=WORKERS, lookahead=LOOKAHEAD):
         for name, value in counts.items():
             totals[name] += value
@@ -217,15 +241,48 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
                 on_entry(path)
         op.check()
         op.progress(totals["bytes"], 0, paths[-1] if paths else "")
-    for record in iter_records(repo, manifest.tree):  # directories' times and modes last
+    for record in hardlinks:
+        totals["bytes"] += restorer.restore_hardlink(record)
+        totals["hardlinks"] += 1
+        if on_entry is not None:
+            on_entry(record["path"])
+    for record in iter_records(repo, manifest.tree):  # directories' attributes last
         entry = entry_of(record)
         if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER) and selected(entry.path):
-            destination = restorer.place(entry.path)
-            if entry.mode:
-                os.chmod(destination, stat.S_IMODE(entry.mode))
-            if entry.mtime_ns:
-                os.utime(destination, ns=(entry.mtime_ns, entry.mtime_ns))
+            restorer.warn(entry.path, restore_directory_attributes(
+                restorer.place(entry.path), entry, owner=restorer.owner))
+    totals["warnings"] = restorer.warnings
     return totals
+
+
+def _selector(include: str) -> Callable[[str], bool]:
+    want = path_key(include.strip("/")) if include.strip("/") else ()
+
+    def selected(path: str) -> bool:
+        return path_key(path)[:len(want)] == want
+
+    return selected
+
+
+def tree_entries(repo: Repository, manifest: Manifest, include: str = "") -> Iterator[Entry]:
+    """The entries of a backup's tree (``include`` and below, when given), in path order,
+    each with content (files, items, hard links) given an ``open()`` that streams it from the
+    repository: what a storage or application provider's ``restore()`` takes."""
+    if manifest.tree is None:
+        raise UsageError(f"backup {manifest.id[:8]} has no file tree")
+    selected = _selector(include)
+    for record in iter_records(repo, manifest.tree):
+        if not selected(record["path"]):
+            continue
+        entry = entry_of(record)
+        if "chunks" in record:
+            chunks = record_chunks(record)
+
+            def open_content(chunks: list[bytes] = chunks) -> BinaryIO:
+                return cast(BinaryIO, _ChunkStream(repo, chunks))
+
+            entry = attrs.evolve(entry, open=open_content)
+        yield entry
 
 
 #: A restore batch holds up to this many records, or this many bytes of small files.
@@ -257,29 +314,26 @@ def _record_batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str
 class _TreeRestorer:
     """Writes batches of records below ``root``; safe to run on several threads."""
 
-    def __init__(self, repo: Repository, root: Path) -> None:
+    def __init__(self, repo: Repository, root: Path,
+                 on_warning: Callable[[str, str], None]) -> None:
         self.repo = repo
         self.root = root
+        self.owner = can_set_owner()
+        self.on_warning = on_warning
+        self.warnings = 0
+        self._warn_lock = threading.Lock()
         self._safe: set[Path] = {root}  # directories already resolved inside root
+        self._first_names: set[str] = set()  # restored files that hard links name
 
     def place(self, path: str) -> Path:
-        """Where an entry goes; refuses anything that would land outside the target.
+        """Where an entry goes; refuses anything that would land outside the target."""
+        return place_below(self.root, path, self._safe)
 
-        Names are checked as text (no '..', no absolute path); the parent directory is
-        resolved once, so a symlink already in the target cannot redirect the write.
-        """
-        parts = path.split("/")
-        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-                or "\0" in path:
-            raise RepositoryCorrupt(f"tree entry {path!r} is not a relative path")
-        parent = self.root.joinpath(*parts[:-1])
-        if parent not in self._safe:
-            resolved = parent.resolve()
-            if resolved != self.root and self.root not in resolved.parents:
-                raise RepositoryCorrupt(f"tree entry {path!r} points outside the restore "
-                                        "target")
-            self._safe.add(parent)
-        return parent / parts[-1]
+    def warn(self, path: str, problems: list[str]) -> None:
+        for problem in problems:
+            with self._warn_lock:
+                self.warnings += 1
+                self.on_warning(path, problem)
 
     def restore_batch(self, batch: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
         counts = {"files": 0, "directories": 0, "links": 0, "bytes": 0}
@@ -301,25 +355,56 @@ class _TreeRestorer:
                 if destination.is_symlink() or destination.exists():
                     destination.unlink()
                 os.symlink(entry.link_target, destination)
+                self.warn(entry.path, restore_attributes(str(destination), entry,
+                                                         owner=self.owner))
                 counts["links"] += 1
             else:
                 chunks = record_chunks(record)
                 datas: Iterator[bytes] = (
                     (next(fetched) for _ in chunks) if len(chunks) <= _SMALL_FILE_CHUNKS
-                    else (d for part in batched(chunks, 8)
-                          for d in fetch_blobs(self.repo, part)))
+                    else self._fetch(chunks))
                 counts["bytes"] += self._write_file(destination, entry, datas)
                 counts["files"] += 1
+                links = entry.metadata.get("links", 0)
+                if isinstance(links, int) and links > 1:
+                    self._first_names.add(entry.path)
         return counts, [r["path"] for r in batch]
 
-    @staticmethod
-    def _write_file(destination: Path, entry: Entry, datas: Iterator[bytes]) -> int:
+    def _fetch(self, chunks: list[bytes]) -> Iterator[bytes]:
+        return (d for part in batched(chunks, 8) for d in fetch_blobs(self.repo, part))
+
+    def restore_hardlink(self, record: dict[str, Any]) -> int:
+        """A later name of a file: a hard link to its first name when this restore wrote
+        that, else a file of its own with the content the record repeats. Returns the bytes
+        written."""
+        entry = entry_of(record)
+        destination = self.place(entry.path)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if entry.link_target in self._first_names:
+            source = self.place(entry.link_target)
+            if os.path.lexists(destination):
+                if os.path.samestat(os.lstat(destination), os.lstat(source)):
+                    return 0
+                destination.unlink()
+            os.link(source, destination, follow_symlinks=False)
+            return 0
+        # Records written before hard links kept their content have none: an empty file.
+        return self._write_file(destination, entry, self._fetch(record_chunks(record)))
+
+    def _write_file(self, destination: Path, entry: Entry, datas: Iterator[bytes]) -> int:
         """Write one file in place (a temp name and a rename per file doubled the directory
         work and made restores of many small files twice as slow on ext4); a file whose
         write fails is removed, and running the restore again rewrites it."""
         written = 0
-        if destination.is_symlink():
-            destination.unlink()
+        try:
+            existing = os.lstat(destination)
+        except FileNotFoundError:
+            pass
+        else:
+            # A symlink is replaced, not followed; a file with other names (a hard link of an
+            # earlier restore) is replaced, not rewritten under all of them.
+            if stat.S_ISLNK(existing.st_mode) or existing.st_nlink > 1:
+                destination.unlink()
         fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for data in datas:
@@ -327,15 +412,13 @@ class _TreeRestorer:
                 while view:
                     view = view[os.write(fd, view):]
                 written += len(data)
-            if entry.mode:
-                os.fchmod(fd, stat.S_IMODE(entry.mode))
-            if entry.mtime_ns:
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            problems = restore_attributes(fd, entry, owner=self.owner)
         except BaseException:
             os.close(fd)
             destination.unlink(missing_ok=True)
             raise
         os.close(fd)
+        self.warn(entry.path, problems)
         return written
 
 

@@ -4,6 +4,11 @@ A record is one entry's metadata plus the ids of its content chunks (content-def
 insertion in a large file changes few chunks). Records are cut into blobs where a record's
 hash says so (or at 1 MiB), so an unchanged stretch of a tree yields the same blobs and is
 stored once. Reading streams the blobs, so a tree of millions of items needs little memory.
+
+Hard links: a ``file`` entry whose ``metadata["links"]`` is above 1 is the first name of an
+inode; each later name comes after it as a ``hardlink`` entry naming it in ``link_target``.
+The ``hardlink`` record repeats the first name's chunks (read once, stored once), so that it
+restores on its own when its first name is not restored with it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -31,6 +37,9 @@ _CUT_MASK = 0x3F  # about one cut per 64 records past the minimum
 BATCH_BYTES = 2 * 1024 * 1024  # content handed to a worker at once
 CDC_BLOCK = 8 * 1024 * 1024  # content read and cut at once
 _CONTENT_KINDS = (EntryKind.FILE, EntryKind.ITEM)
+#: Parent records passed over unmatched (deleted, or renamed away) kept by item id, so that a
+#: renamed entry is recognised; at most this many, the oldest dropped first.
+MOVED_MAX = 50_000
 
 
 def path_key(path: str) -> tuple[str, ...]:
@@ -50,7 +59,7 @@ def record_of(entry: Entry, chunks: list[bytes]) -> dict[str, Any]:
         record["xattrs"] = {k: base64.b64encode(v).decode() for k, v in entry.xattrs.items()}
     if entry.metadata:
         record["metadata"] = dict(entry.metadata)
-    if entry.kind in _CONTENT_KINDS:
+    if entry.kind in _CONTENT_KINDS or entry.kind == EntryKind.HARDLINK:
         record["chunks"] = [c.hex() for c in chunks]
     return record
 
@@ -94,6 +103,51 @@ def _unchanged(entry: Entry, old: dict[str, Any]) -> bool:
             and old.get("item_id", "") == entry.item_id
             and old.get("metadata", {}).get("version") == entry.metadata.get("version")
             and "chunks" in old)
+
+
+class _HardLinks:
+    """Chunks of the first names of multiply linked files, until their later names came."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, list[Any]] = {}  # path -> [chunks, names still to come]
+
+    def note(self, entry: Entry, chunks: list[bytes]) -> None:
+        links = entry.metadata.get("links", 0) if entry.kind == EntryKind.FILE else 0
+        if isinstance(links, int) and links > 1:
+            self.first[entry.path] = [chunks, links - 1]
+
+    def chunks_of(self, entry: Entry) -> list[bytes] | None:
+        """The content of a hardlink entry's first name; None if that was not recorded."""
+        held = self.first.get(entry.link_target)
+        if held is None:
+            return None
+        held[1] -= 1
+        if held[1] <= 0:  # names outside the tree keep theirs to the end: few
+            del self.first[entry.link_target]
+        chunks: list[bytes] = held[0]
+        return chunks
+
+
+class _Moved:
+    """Parent records that no entry matched by path, by item id: where a renamed file or a
+    file of a renamed folder finds its content when its new path sorts after the old one."""
+
+    def __init__(self) -> None:
+        self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def add(self, record: dict[str, Any]) -> None:
+        item_id = record.get("item_id")
+        if item_id and "chunks" in record and record.get("kind") != EntryKind.HARDLINK.value:
+            self.records[item_id] = record
+            if len(self.records) > MOVED_MAX:
+                self.records.popitem(last=False)
+
+    def take(self, entry: Entry) -> dict[str, Any] | None:
+        record = self.records.get(entry.item_id) if entry.item_id else None
+        if record is not None and _unchanged(entry, record):
+            del self.records[entry.item_id]
+            return record
+        return None
 
 
 class _Cutter:
@@ -143,6 +197,7 @@ class TreeWriter:
         ordered = (self._merge_complete(entries) if complete
                    else self._merge_delta(entries, set(removed)))
         cutter = _Cutter(self.writer)
+        links = _HardLinks()
         pending_ids: list[bytes] = []
         work = ordered_map(self._encode_batch, self._batches(ordered), workers=3, lookahead=4)
         for batch in work:
@@ -155,27 +210,40 @@ class TreeWriter:
                 elif item[0] == "skip":
                     _, entry, reason = item
                     pending_ids = []
-                    self.writer.stats["skipped"] += 1
-                    if self.on_skip is not None:
-                        self.on_skip(entry, reason)
+                    self._skip(entry, reason)
                 else:
                     _, entry, reused = item
                     chunks = reused if reused is not None else pending_ids
+                    pending_ids = []
+                    if entry.kind == EntryKind.HARDLINK:
+                        first = links.chunks_of(entry)
+                        if first is None and not chunks:
+                            self._skip(entry, f"its first name {entry.link_target!r} is not "
+                                       "in the backup")
+                            continue
+                        chunks = chunks if first is None else first
+                    links.note(entry, chunks)
                     cutter.add(record_of(entry, chunks))
                     self.writer.stats["entries"] += 1
                     self.writer.stats["logical_bytes"] += entry.size
-                    pending_ids = []
             self.writer.op.check()
             self.writer.check_lock()
             self.writer.op.progress(self.writer.stats["bytes_read"], 0, "items")
         cutter.cut()
         return tuple(cutter.blobs)
 
+    def _skip(self, entry: Entry, reason: str) -> None:
+        self.writer.stats["skipped"] += 1
+        if self.on_skip is not None:
+            self.on_skip(entry, reason)
+
     def _merge_complete(self, entries: Iterable[Entry]
                         ) -> Iterator[tuple[Entry, list[bytes] | None]]:
-        """(entry, chunks to reuse or None) in path order, matched with the parent's tree."""
+        """(entry, chunks to reuse or None) in path order, matched with the parent's tree:
+        by path, or by item id among the parent's records passed over (a rename)."""
         parent = iter_records(self.repo, self.parent_tree) if self.parent_tree else iter(())
         old = next(parent, None)
+        moved = _Moved()
         previous: tuple[str, ...] | None = None
         for entry in entries:
             key = path_key(entry.path)
@@ -184,10 +252,21 @@ class TreeWriter:
                                  f"{entry.path!r} came after {'/'.join(previous)!r}")
             previous = key
             while old is not None and path_key(old["path"]) < key:
+                moved.add(old)
                 old = next(parent, None)
-            if old is not None and path_key(old["path"]) == key and _unchanged(entry, old):
+            same = None
+            if old is not None and path_key(old["path"]) == key:
+                same, old = old, next(parent, None)
+            if same is not None and _unchanged(entry, same):
                 self.writer.stats["files_unchanged"] += 1
-                yield entry, record_chunks(old)
+                yield entry, record_chunks(same)
+                continue
+            if same is not None and same.get("item_id") != entry.item_id:
+                moved.add(same)  # another file took this path; the old one may be elsewhere
+            found = moved.take(entry) if entry.kind in _CONTENT_KINDS else None
+            if found is not None:
+                self.writer.stats["files_unchanged"] += 1
+                yield entry, record_chunks(found)
             else:
                 yield entry, None
 
