@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from typing import Any
 
 SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
@@ -52,3 +55,24 @@ def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str,
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Wait until ``url`` answers; fail with the server's output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.communicate()[1]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - http on loopback
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"server did not answer within {timeout:.0f} s")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 from http.cookiejar import CookieJar
 from importlib.metadata import entry_points
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from sbr_core.db.migrations import LATEST
-from tests.cli_runs import SBR, assert_one_line_error, sbr
+from tests.cli_runs import SBR, assert_one_line_error, free_port, sbr, wait_for_server
 
 
 def test_plugins_json_lists_the_filesystem_plugin(sbr_env: dict[str, str]) -> None:
@@ -97,33 +96,13 @@ def test_user_commands_name_bad_input(sbr_env: dict[str, str]) -> None:
                stdin="another long one\n").returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stderr.read() if process.stderr else ""
-            raise AssertionError(f"server exited: {output}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - http on loopback
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("server did not answer within 30 s")
-
-
 @pytest.fixture
 def running_server(sbr_env: dict[str, str]):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([*SBR, "server", "--port", str(port)], env=sbr_env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/api/v1/health", process)
+        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", process)
         yield port, process
     finally:
         process.terminate()

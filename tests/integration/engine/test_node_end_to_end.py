@@ -4,10 +4,8 @@ then incremental) into a real repository and restored, on SQLite and MariaDB."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,26 +19,7 @@ from sbr_core.engine.orders import repository_passphrase
 from sbr_core.plugins import PluginHost
 from sbr_core.providers import ProviderKind
 from sbr_core.secretbox import SecretBox, load_or_create_key
-from tests.cli_runs import SBR
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.communicate()[1]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - http on loopback
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("server did not answer within 30 s")
+from tests.cli_runs import SBR, free_port, wait_for_server
 
 
 def _stop(process: subprocess.Popen[str]) -> str:
@@ -72,13 +51,13 @@ def site(tmp_path: Path, database: Any, database_url: str) -> Iterator[dict[str,
     instance = Instance.create(connection=connection, external_id=str(share), name="share1",
                                kind="share")
     _, token = nodes.add_node("n1")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [*SBR, "server", "--port", str(port), "--no-local-node", "--tick", "0.5"], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     node = None
     try:
-        _wait_for(f"http://127.0.0.1:{port}/api/v1/health", server)
+        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
         node = subprocess.Popen(
             [*SBR, "node", "--server", f"http://127.0.0.1:{port}", "--token", token,
              "--poll", "0.2", "--heartbeat", "0.5", "--staging-dir", str(tmp_path / "stage")],
