@@ -86,9 +86,14 @@ def get(kind: ProviderKind, name: str) -> Row:
 def open_provider(kind: ProviderKind, name: str, *, host: PluginHost, box: SecretBox,
                   context: ProviderContext | None = None) -> Provider:
     """Build the provider for a stored entry, secrets opened."""
-    row = get(kind, name)
+    return provider_of(kind, get(kind, name), host=host, box=box, context=context)
+
+
+def provider_of(kind: ProviderKind, row: Row, *, host: PluginHost, box: SecretBox,
+                context: ProviderContext | None = None) -> Provider:
+    """Build the provider for a row already read, secrets opened."""
     cls, config = _stored_config(kind, row, host=host, box=box)
-    return cls(config, context=context or ProviderContext(name=name))
+    return cls(config, context=context or ProviderContext(name=row.name))
 
 
 def describe(kind: ProviderKind, name: str, *, host: PluginHost, box: SecretBox

@@ -71,11 +71,11 @@ class DirectWriter:
             stage.release()
         write_all(self.fd, rest, offset + aligned)
 
-    def copy_from(self, readinto: Callable[[memoryview], int], offset: int = 0) -> int:
-        """Write what ``readinto`` fills in, from ``offset``, until it gives 0; returns the
-        bytes written. The data is read straight into the staging buffer: no extra copy."""
+    def copy_from(self, readinto: Callable[[memoryview], int]) -> int:
+        """Write what ``readinto`` fills in, from the start of the file, until it gives 0;
+        returns the bytes written. The data is read straight into the staging buffer."""
         stage = memoryview(_staging_buffer())
-        position = offset
+        position = 0
         try:
             while True:
                 filled = 0
@@ -84,7 +84,7 @@ class DirectWriter:
                     if not got:
                         break
                     filled += got
-                aligned = filled - filled % ALIGN if position % ALIGN == 0 else 0
+                aligned = filled - filled % ALIGN  # position stays aligned until the end
                 if aligned and self.direct_fd is not None:
                     write_all(self.direct_fd, [stage[:aligned]], position)
                 else:
@@ -92,7 +92,7 @@ class DirectWriter:
                 write_all(self.fd, [stage[aligned:filled]], position + aligned)
                 position += filled
                 if filled < len(stage):
-                    return position - offset
+                    return position
         finally:
             stage.release()
 

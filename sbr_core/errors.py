@@ -13,12 +13,15 @@ class SbrError(Exception):
 
     #: Exit code the CLI uses for this error.
     exit_code: int = 1
+    #: HTTP status the JSON APIs answer with (502: a platform behind the server failed).
+    http_status: int = 502
 
 
 class ConfigError(SbrError):
     """Settings that do not fit their schema; ``problems`` maps field name to message."""
 
     exit_code = 2
+    http_status = 400
 
     def __init__(self, subject: str, problems: dict[str, str]) -> None:
         self.subject = subject
@@ -31,15 +34,20 @@ class UsageError(SbrError):
     """A request that names something unknown or combines options wrongly."""
 
     exit_code = 2
+    http_status = 400
 
 
 class NotFoundError(UsageError):
     """A named object (plugin, user, destination, …) does not exist."""
 
+    http_status = 404
+
 
 class ConflictError(UsageError):
     """The request clashes with the current state (a backup already pending, a workflow
-    that already ended): HTTP 409."""
+    that already ended)."""
+
+    http_status = 409
 
 
 class LeaseLost(ConflictError):
@@ -111,6 +119,7 @@ class AuthError(SbrError):
     """Authentication failed or the user lacks the permission asked for."""
 
     exit_code = 3
+    http_status = 401
 
 
 class SecretError(SbrError):

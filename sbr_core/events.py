@@ -7,8 +7,9 @@ import attrs
 
 @attrs.frozen
 class TaskEvent:
-    """A task started or finished. ``state`` is ``running``, ``succeeded``, ``failed`` or
-    ``cancelled``; ``error`` says why when it failed."""
+    """A task started or finished. ``kind`` is ``workflow.step`` (``backup.store``);
+    ``state`` is ``running``, ``succeeded``, ``failed`` or ``cancelled``; ``error`` says why
+    when it failed."""
 
     task_id: int
     workflow_id: int

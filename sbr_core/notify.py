@@ -30,11 +30,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 from sbr_core import __version__
+from sbr_core.db.connect import close_database
+from sbr_core.db.schema import database_proxy
 from sbr_core.errors import ProviderError, SbrError
 from sbr_core.events import BackupEvent, NodeEvent, TaskEvent
 from sbr_core.hookspecs import hookimpl
@@ -98,14 +100,16 @@ def notification_kind(event: Event) -> EventKind | None:
     if isinstance(event, NodeEvent):
         return EventKind.NODE_LOST
     if isinstance(event, TaskEvent):
-        if event.state == "failed" and event.kind not in BACKUP_STEPS:
+        step = event.kind.rpartition(".")[2]  # the engine says "backup.store"
+        if event.state == "failed" and step not in BACKUP_STEPS:
             return EventKind.TASK_FAILED
         return None
     raise TypeError(f"not an SBR event: {event!r}")
 
 
-def build_notification(event: Event) -> Notification | None:
-    """The notification for ``event``; ``None`` when it is not one people are told about.
+def build_notification(event: Event, at: float | None = None) -> Notification | None:
+    """The notification for ``event`` (told at ``at``, default now); ``None`` when it is
+    not one people are told about.
 
     Text is passed through the log redaction as a backstop: an error message that quotes a
     secret SBR knows never leaves the server in a mail.
@@ -121,7 +125,7 @@ def build_notification(event: Event) -> Notification | None:
     fields = {name: redact(value) if isinstance(value, str) else value
               for name, value in attrs.asdict(event).items()}
     return Notification(kind=kind, severity=_SEVERITY[kind], subject=redact(subject),
-                        body=redact(body), fields=fields)
+                        body=redact(body), fields=fields, time=_iso(at or time.time()))
 
 
 def _describe(event: Event) -> tuple[str, str, list[tuple[str, Any]]]:
@@ -276,20 +280,20 @@ def load_notifiers(*, host: PluginHost, box: SecretBox) -> list[Notifier]:
     from sbr_core import connections
     from sbr_core.db.schema import ProviderConnection
 
-    rows = (ProviderConnection.select(ProviderConnection.name)
+    rows = (ProviderConnection.select()
             .where(ProviderConnection.kind == ProviderKind.NOTIFIER.value)
             .order_by(ProviderConnection.name))
     out: list[Notifier] = []
-    for name in [row.name for row in rows]:
-        context = ProviderContext(name=name, logger=logging.getLogger(f"sbr.notify.{name}"))
+    for row in rows:
+        context = ProviderContext(name=row.name,
+                                  logger=logging.getLogger(f"sbr.notify.{row.name}"))
         try:
-            provider = connections.open_provider(ProviderKind.NOTIFIER, name, host=host,
-                                                 box=box, context=context)
+            provider = connections.provider_of(ProviderKind.NOTIFIER, row, host=host, box=box,
+                                               context=context)
         except SbrError as exc:
-            log.warning("notifier %r is skipped: %s", name, exc)
+            log.warning("notifier %r is skipped: %s", row.name, exc)
             continue
-        if isinstance(provider, Notifier):
-            out.append(provider)
+        out.append(cast(Notifier, provider))  # the host admits only Notifier subclasses
     return out
 
 
@@ -311,7 +315,8 @@ class Notifications:
         self._load = load or (lambda: load_notifiers(host=host, box=box))
         self._retry = retry
         self._workers = workers
-        self._queue: queue.Queue[Notification | None] = queue.Queue(maxsize=queue_size)
+        # (event, when it was told); None stops a worker
+        self._queue: queue.Queue[tuple[Event, float] | None] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -339,15 +344,17 @@ class Notifications:
         self.submit(event)
 
     def submit(self, event: Event) -> bool:
-        """Queue the notification for ``event``; false when none is due or it was dropped."""
-        notification = build_notification(event)
-        if notification is None or self._stop.is_set():
+        """Queue the notification for ``event``; false when none is due or it was dropped.
+        Only the cheap decision happens here, in the caller's thread; the text is written
+        by a worker."""
+        kind = notification_kind(event)
+        if kind is None or self._stop.is_set():
             return False
         try:
-            self._queue.put_nowait(notification)
+            self._queue.put_nowait((event, time.time()))
         except queue.Full:
             log.warning("notification dropped, %d already waiting: %s",
-                        self._queue.maxsize, notification.subject)
+                        self._queue.maxsize, kind.value)
             return False
         self._start_workers()
         return True
@@ -364,23 +371,34 @@ class Notifications:
 
     def _run(self) -> None:
         while True:
-            notification = self._queue.get()
+            batch = [self._queue.get()]
+            while batch[-1] is not None:  # what else is waiting shares one load
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if notification is None:
-                    return
-                self._send(notification)
-            except Exception:  # the worker must survive whatever one notification does
-                log.exception("notification %r was not sent", notification)
+                self._send([item for item in batch if item is not None])
+            except Exception:  # the worker must survive whatever a notification does
+                log.exception("notifications %r were not sent", batch)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if batch[-1] is None:
+                return
 
-    def _send(self, notification: Notification) -> None:
+    def _send(self, events: list[tuple[Event, float]]) -> None:
+        notifications = [n for n in (build_notification(e, at) for e, at in events) if n]
+        if not notifications:
+            return
         try:
             notifiers = self._load()
         finally:
-            _release_connection()
+            if database_proxy.obj is not None:  # peewee keeps one connection per thread
+                close_database(database_proxy.obj)
         try:
-            deliver(notification, notifiers, retry=self._retry, wait=self._stop.wait)
+            for notification in notifications:
+                deliver(notification, notifiers, retry=self._retry, wait=self._stop.wait)
         finally:
             for notifier in notifiers:
                 try:
@@ -416,15 +434,6 @@ class Notifications:
                 break
         for thread in threads:
             thread.join(timeout=1.0)
-
-
-def _release_connection() -> None:
-    """Close this worker thread's database connection (peewee keeps one per thread)."""
-    from sbr_core.db.schema import database_proxy
-
-    db = database_proxy.obj
-    if db is not None and not db.is_closed():
-        db.close()
 
 
 def install(host: PluginHost, *, box: SecretBox, **options: Any) -> Notifications:

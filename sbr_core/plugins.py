@@ -26,7 +26,6 @@ from sbr_core.providers import (
     Destination,
     Hypervisor,
     Notifier,
-    NotifierConfig,
     Provider,
     ProviderKind,
     StorageProvider,
@@ -41,14 +40,18 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 P = TypeVar("P", bound=Provider)
 
+_PROVIDER_HOOKS: dict[ProviderKind, tuple[str, type[Provider]]] = {
+    ProviderKind.HYPERVISOR: ("sbr_register_hypervisors", Hypervisor),
+    ProviderKind.APPLICATION: ("sbr_register_applications", Application),
+    ProviderKind.STORAGE: ("sbr_register_storage_providers", StorageProvider),
+    ProviderKind.DESTINATION: ("sbr_register_destinations", Destination),
+    ProviderKind.NOTIFIER: ("sbr_register_notifiers", Notifier),
+}
+
 # Which extension kind each hook stands for, as `sbr plugins` shows it.
 _HOOK_KINDS = {
-    "sbr_register_hypervisors": "hypervisor",
-    "sbr_register_applications": "application",
-    "sbr_register_storage_providers": "storage",
-    "sbr_register_destinations": "destination",
+    **{hook: kind.value for kind, (hook, _) in _PROVIDER_HOOKS.items()},
     "sbr_register_workflow_steps": "workflow-step",
-    "sbr_register_notifiers": "notifier",
     "sbr_register_commands": "cli",
     "sbr_register_blueprints": "web",
     "sbr_run_step": "step-wrapper",
@@ -57,14 +60,6 @@ _HOOK_KINDS = {
     "sbr_backup_completed": "events",
     "sbr_backup_failed": "events",
     "sbr_node_lost": "events",
-}
-
-_PROVIDER_HOOKS: dict[ProviderKind, tuple[str, type[Provider]]] = {
-    ProviderKind.HYPERVISOR: ("sbr_register_hypervisors", Hypervisor),
-    ProviderKind.APPLICATION: ("sbr_register_applications", Application),
-    ProviderKind.STORAGE: ("sbr_register_storage_providers", StorageProvider),
-    ProviderKind.DESTINATION: ("sbr_register_destinations", Destination),
-    ProviderKind.NOTIFIER: ("sbr_register_notifiers", Notifier),
 }
 
 
@@ -414,9 +409,10 @@ def _check_classes(classes: Any, base: type, kind: ProviderKind) -> str:
         seen.add(name)
         if not attrs.has(getattr(cls, "Config", None)):  # type: ignore[arg-type]
             return f"{kind.value} {name!r} has no attrs Config class"
-        if kind is ProviderKind.NOTIFIER and not issubclass(cls.Config, NotifierConfig):
-            # The dispatcher reads the event choices every notifier shares from there.
-            return f"notifier {name!r}: its Config does not derive from NotifierConfig"
+        config_base = getattr(base, "config_base", object)
+        if not issubclass(cls.Config, config_base):
+            return (f"{kind.value} {name!r}: its Config does not derive from "
+                    f"{config_base.__name__}")
         if not getattr(cls, "label", ""):
             return f"{kind.value} {name!r} has no label"
     return ""

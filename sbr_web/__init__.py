@@ -18,16 +18,16 @@ def create_app(*, runtime: Runtime, db: pw.Database, host: PluginHost,
     from sbr_core.engine.announce import Announcer
     from sbr_web import api, auth, csrf, errors, node_api, ui
 
+    server_key = load_or_create_key(runtime.key_file)
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=derive_key(load_or_create_key(runtime.key_file), "web-session"),
+        SECRET_KEY=derive_key(server_key, "web-session"),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_HTTPONLY=True,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
     )
     app.config.update(config or {})
-    server_key = load_or_create_key(runtime.key_file)
     app.extensions["sbr"] = {"runtime": runtime, "db": db, "host": host,
                              "box": SecretBox(server_key), "events": Announcer(host)}
 

@@ -6,28 +6,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from sbr_core.errors import (
-    AuthError,
-    ConfigError,
-    ConflictError,
-    NotFoundError,
-    SbrError,
-    UsageError,
-)
-
-
-def status_of(exc: SbrError) -> int:
-    """400 bad input, 401 bad credentials, 404 unknown id, 409 wrong state, 502 otherwise
-    (a provider or destination failed behind the server)."""
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, ConflictError):
-        return 409
-    if isinstance(exc, (UsageError, ConfigError)):
-        return 400
-    if isinstance(exc, AuthError):
-        return 401
-    return 502
+from sbr_core.errors import SbrError, UsageError
 
 
 def json_body() -> dict[str, Any]:
@@ -41,8 +20,8 @@ def json_body() -> dict[str, Any]:
 
 
 def init_app(app: Flask) -> None:
-    """Answer API requests that raise an SbrError with its message and status."""
+    """Answer API requests that raise an SbrError with its message and its ``http_status``."""
 
     @app.errorhandler(SbrError)
     def _sbr_error(exc: SbrError) -> Any:
-        return jsonify(error=str(exc)), status_of(exc)
+        return jsonify(error=str(exc)), exc.http_status

@@ -27,15 +27,20 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 dest_argument = click.argument("dest", metavar="DEST")
 
 
-def _passphrase(*, confirm: bool = False) -> str | None:
-    value = os.environ.get(PASSWORD_ENV)
+def _passphrase(*, confirm: bool = False, env: str = PASSWORD_ENV,
+                prompt: str = "Repository passphrase") -> str | None:
+    """From ``env``, else asked on the terminal, once per command: a second call returns
+    the first answer (``key export`` wraps the key under the passphrase that opened it)."""
+    value = os.environ.get(env)
     if value:
         return value
-    if sys.stdin.isatty():
-        entered: str = click.prompt("Repository passphrase", hide_input=True,
-                                    confirmation_prompt=confirm, err=True)
-        return entered
-    return None
+    context = click.get_current_context(silent=True)
+    asked: dict[str, str] = context.meta.setdefault("sbr.passphrases", {}) if context else {}
+    if prompt not in asked and sys.stdin.isatty():
+        asked[prompt] = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm,
+                                     err=True)
+    entered: str | None = asked.get(prompt)
+    return entered
 
 
 def _destination(dest: str, *, create: bool = False) -> Any:
@@ -486,11 +491,8 @@ def key_passwd(dest: str) -> None:
     from sbr_core.repository.keys import change_passphrase
 
     repository = _open(dest)
-    new = os.environ.get("SBR_REPO_NEW_PASSWORD")
+    new = _passphrase(confirm=True, env="SBR_REPO_NEW_PASSWORD", prompt="New passphrase")
     if not new:
-        if not sys.stdin.isatty():
-            raise UsageError("set SBR_REPO_NEW_PASSWORD (or run on a terminal)")
-        new = click.prompt("New passphrase", hide_input=True, confirmation_prompt=True,
-                           err=True)
+        raise UsageError("set SBR_REPO_NEW_PASSWORD (or run on a terminal)")
     change_passphrase(repository, new)
     click.echo("passphrase changed", err=True)

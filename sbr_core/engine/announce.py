@@ -11,6 +11,7 @@ from typing import Any
 
 from sbr_core.db.schema import Backup, Destination, Instance, Task, Workflow
 from sbr_core.engine.claims import Claim, Reaped
+from sbr_core.engine.workflows import Finished
 from sbr_core.events import BackupEvent, NodeEvent, TaskEvent
 from sbr_core.plugins import PluginHost
 
@@ -27,7 +28,8 @@ class Announcer:
                                  kind=f"{workflow.kind}.{claim.step}", state="running",
                                  instance_name=_instance_name(workflow), node_name=node_name))
 
-    def task_finished(self, task_id: int, state: str, node_name: str, finished: Any) -> None:
+    def task_finished(self, task_id: int, state: str, node_name: str,
+                      finished: Finished) -> None:
         task = Task.get_by_id(task_id)
         workflow = Workflow.get_by_id(task.workflow_id)
         self.host.emit(TaskEvent(task_id=task.id, workflow_id=workflow.id,

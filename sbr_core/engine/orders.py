@@ -66,7 +66,8 @@ def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
         order["instance"] = instance_json(instance)
         order["provider"] = _connection_json(instance.connection, box)
     destination_id = params.get("destination_id")
-    if destination_id is not None:
+    backup_ref = params.get("backup_id")
+    if destination_id is not None and backup_ref is None:
         order["destination"] = _destination_json(Destination.get_by_id(destination_id), box)
     if workflow.kind == "backup" and instance is not None and not params.get("full"):
         parent = (Backup.select()
@@ -77,8 +78,7 @@ def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
         if parent is not None:
             order["parent"] = {"backup_id": parent.repo_backup_id,
                                "platform_state": dict(parent.platform_state or {})}
-    backup_ref = params.get("backup_id")
-    if backup_ref is not None:
+    if backup_ref is not None:  # a restore reads where that backup is
         backup = Backup.get_by_id(backup_ref)
         order["backup"] = {"id": backup.id, "repo_backup_id": backup.repo_backup_id,
                            "kind": backup.kind}

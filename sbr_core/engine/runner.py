@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sbr_core.config import structure_config
 from sbr_core.engine.client import NodeClient, ServerUnreachable
@@ -24,7 +24,7 @@ from sbr_core.errors import LeaseLost, SbrError, TaskCancelled, UsageError
 from sbr_core.models import BackupPoint, ExportRequest, Instance, InstanceState
 from sbr_core.operation import Operation
 from sbr_core.plugins import PluginHost
-from sbr_core.providers import Provider, ProviderContext, ProviderKind
+from sbr_core.providers import Destination, Provider, ProviderContext, ProviderKind
 from sbr_core.providers.items import ItemExport, ItemProvider
 from sbr_core.steps import StepContext, StepResult
 
@@ -142,7 +142,10 @@ class WorkflowRun:
         workflow = order["workflow"]
         reporter = TaskReporter(self.client, task["id"], task["attempt"],
                                 interval=self.heartbeat_seconds)
-        logger = logging.getLogger(f"sbr.task.{task['id']}")
+        # A logger of its own, outside logging's registry (which keeps every named logger
+        # for good), passing records on to "sbr.task" as a child would.
+        logger = logging.Logger(f"sbr.task.{task['id']}")
+        logger.parent = logging.getLogger("sbr.task")
         handler = _TaskLogHandler(reporter)
         logger.addHandler(handler)
         op = Operation(task_id=task["id"], logger=logger, staging_dir=self.staging_dir,
@@ -213,12 +216,7 @@ class WorkflowRun:
         spec = order.get("provider")
         if not spec:
             raise UsageError("this workflow has no provider")
-        kind = ProviderKind(spec["kind"])
-        cls = self.host.provider_class(kind, spec["plugin"])
-        config = structure_config(cls.Config, dict(spec["settings"]),
-                                  subject=f"{kind.value} {spec['name']!r}")
-        return cls(config, context=ProviderContext(name=spec["name"],
-                                                   staging_dir=self.staging_dir))
+        return _build(self.host, ProviderKind(spec["kind"]), spec, self.staging_dir)
 
     def _export(self, order: dict[str, Any], context: StepContext) -> StepResult:
         provider = self._provider(order)
@@ -323,6 +321,15 @@ def _instance(data: dict[str, Any] | None) -> Instance | None:
                     attributes=dict(data.get("attributes") or {}))
 
 
+def _build(host: PluginHost, kind: ProviderKind, spec: dict[str, Any],
+           staging_dir: Path | None) -> Provider:
+    """A provider or destination from a work order's spec, with this node's plugin."""
+    cls = host.provider_class(kind, spec["plugin"])
+    config = structure_config(cls.Config, dict(spec["settings"]),
+                              subject=f"{kind.value} {spec['name']!r}")
+    return cls(config, context=ProviderContext(name=spec["name"], staging_dir=staging_dir))
+
+
 def _repository(host: PluginHost, spec: dict[str, Any] | None, *, create: bool) -> Any:
     """Open the repository on a destination (creating it on the first backup)."""
     from sbr_core.errors import ObjectExists, RepositoryNotFound
@@ -330,13 +337,7 @@ def _repository(host: PluginHost, spec: dict[str, Any] | None, *, create: bool) 
 
     if not spec:
         raise UsageError("this workflow has no destination")
-    cls = host.destinations().get(spec["plugin"])
-    if cls is None:
-        raise UsageError(f"destination {spec['name']!r} needs plugin {spec['plugin']!r}, "
-                         "which is not installed on this node")
-    config = structure_config(cls.Config, dict(spec["settings"]),
-                              subject=f"destination {spec['name']!r}")
-    destination = cls(config, context=ProviderContext(name=spec["name"]))
+    destination = cast(Destination, _build(host, ProviderKind.DESTINATION, spec, None))
     try:
         return open_repository(destination, passphrase=spec["passphrase"])
     except RepositoryNotFound:

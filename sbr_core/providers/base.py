@@ -49,6 +49,8 @@ class Provider(abc.ABC):
     label: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type[Any]]
+    #: What every ``Config`` of this kind must derive from (the host checks it).
+    config_base: ClassVar[type] = object
 
     def __init__(self, config: Any, *, context: ProviderContext) -> None:
         self.config = config

@@ -95,6 +95,7 @@ class Notifier(Provider):
 
     kind: ClassVar[ProviderKind] = ProviderKind.NOTIFIER
     Config: ClassVar[type[NotifierConfig]]
+    config_base: ClassVar[type] = NotifierConfig  # the dispatcher reads the event choices
     config: NotifierConfig
 
     @abc.abstractmethod

@@ -35,6 +35,16 @@ PACK_MAGIC = b"SBRPACK1"
 INDEX_MAGIC = b"SBRIDX1\n"
 DOC_MAGIC = b"SBRDOC1\n"
 ZERO_ID = bytes(ID_BYTES)  # stands for an all-zero chunk, which is never stored
+_ZEROS: dict[int, bytes] = {}
+
+
+def zero_block(size: int) -> bytes:
+    """``size`` zero bytes, made once per size (a chunk, a disk's short last chunk)."""
+    block = _ZEROS.get(size)
+    if block is None:
+        block = _ZEROS[size] = bytes(size)
+    return block
+
 
 _TRAILER = struct.Struct("<I8s")
 PACK_TRAILER_BYTES = _TRAILER.size  # header length, magic
@@ -204,7 +214,7 @@ def encode_index(sealer: Sealer, packs: dict[bytes, list[tuple[BlobType, bytes, 
     for pack_id, entries in packs.items():
         parts.append(_INDEX_PACK.pack(pack_id, len(entries)))
         parts.extend(_INDEX_ENTRY.pack(int(t), i, o, n, r) for t, i, o, n, r in entries)
-    body = zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+    body = _compressor(3).compress(b"".join(parts))
     return _seal_checked(sealer, body, b"index")
 
 
@@ -212,7 +222,7 @@ def decode_index(sealer: Sealer, stored: bytes, what: str
                  ) -> Iterator[tuple[bytes, list[tuple[BlobType, bytes, int, int, int]]]]:
     body = _open_checked(sealer, stored, b"index", what)
     try:
-        plain = zstandard.ZstdDecompressor().decompress(body)
+        plain = _decompressor().decompress(body)
     except zstandard.ZstdError:
         raise RepositoryCorrupt(f"{what} does not decompress (damaged)") from None
     if not plain.startswith(INDEX_MAGIC):
@@ -238,7 +248,7 @@ def decode_index(sealer: Sealer, stored: bytes, what: str
 # --- JSON documents (manifests, locks, gc plans) ------------------------------------------
 
 def encode_document(sealer: Sealer, doc: dict[str, Any], aad: bytes) -> bytes:
-    body = zstandard.ZstdCompressor(level=3).compress(
+    body = _compressor(3).compress(
         json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
     return _seal_checked(sealer, DOC_MAGIC + body, aad)
 
@@ -248,7 +258,7 @@ def decode_document(sealer: Sealer, stored: bytes, aad: bytes, what: str) -> dic
     if not plain.startswith(DOC_MAGIC):
         raise RepositoryCorrupt(f"{what} is not a repository document")
     try:
-        doc = json.loads(zstandard.ZstdDecompressor().decompress(plain[len(DOC_MAGIC):]))
+        doc = json.loads(_decompressor().decompress(plain[len(DOC_MAGIC):]))
     except (zstandard.ZstdError, ValueError):
         raise RepositoryCorrupt(f"{what} is damaged") from None
     if not isinstance(doc, dict):

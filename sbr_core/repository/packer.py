@@ -33,7 +33,7 @@ class Packer:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        # Taken once: `repo.index` takes a lock, and knows() runs for every chunk.
+        # The index this writer checks against, as it was when the writer began.
         self.index = repo.index
         self.pack_size = repo.config.pack_size
         self._parts: list[bytes] = []

@@ -17,11 +17,11 @@ from typing import Any, BinaryIO, cast
 
 import attrs
 
-from sbr_core.directio import DirectWriter
+from sbr_core.directio import DirectWriter, write_all
 from sbr_core.errors import RepositoryCorrupt, UsageError
 from sbr_core.models import Entry, EntryKind
 from sbr_core.operation import Operation
-from sbr_core.repository.format import ZERO_ID, BlobLocation, decode_blob
+from sbr_core.repository.format import ZERO_ID, BlobLocation, decode_blob, zero_block
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
 from sbr_core.repository.pipeline import batched, ordered_map
 from sbr_core.repository.repo import Repository
@@ -31,7 +31,14 @@ from sbr_core.repository.sources import (
     restore_attributes,
     restore_directory_attributes,
 )
-from sbr_core.repository.tree import entry_of, iter_records, path_key, record_chunks
+from sbr_core.repository.tree import (
+    DIRECTORY_KINDS,
+    entry_of,
+    iter_records,
+    later_names,
+    path_key,
+    record_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 COALESCE_BYTES = 8 * 1024 * 1024
 WORKERS = 3
 LOOKAHEAD = 6
+_DIRECTORY_VALUES = frozenset(kind.value for kind in DIRECTORY_KINDS)
 
 
 def read_map(repo: Repository, disk: DiskRecord, piece: int) -> bytes:
@@ -133,7 +141,7 @@ def restore_disk(repo: Repository, disk: DiskRecord, target: Path, *,
                         out.write(run, run_at)
                         run = []
                         continue  # the file is sparse there already
-                    data = bytes(length)
+                    data = zero_block(length)
                 elif len(data) != length:
                     raise RepositoryCorrupt(f"chunk {index} of disk {disk.key!r} holds "
                                             f"{len(data)} bytes, not {length}")
@@ -187,7 +195,7 @@ class DiskImageReader:
             chunk_start = index * chunk_size
             chunk_len = min(chunk_size, self.size - chunk_start)
             blob_id = self._chunk_id(index)
-            data = (bytes(chunk_len) if blob_id == ZERO_ID
+            data = (zero_block(chunk_len) if blob_id == ZERO_ID
                     else self.repo.read_blob(blob_id, cache=True))
             if len(data) != chunk_len:
                 raise RepositoryCorrupt(f"chunk {index} of disk {self.disk.key!r} holds "
@@ -220,6 +228,7 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
     restorer = _TreeRestorer(repo, target.resolve(), warn)
     selected = _selector(include)
     hardlinks: list[dict[str, Any]] = []  # after every file, whatever thread wrote it
+    directories: list[dict[str, Any]] = []  # their attributes last: one pass over the tree
 
     def records() -> Iterator[dict[str, Any]]:
         for record in iter_records(repo, manifest.tree or ()):
@@ -227,8 +236,10 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
                 continue
             if record.get("kind") == EntryKind.HARDLINK.value:
                 hardlinks.append(record)
-            else:
-                yield record
+                continue
+            if record.get("kind") in _DIRECTORY_VALUES:
+                directories.append(record)
+            yield record
 
     totals = {"files": 0, "directories": 0, "links": 0, "hardlinks": 0, "bytes": 0,
               "warnings": 0}
@@ -246,11 +257,10 @@ def restore_tree(repo: Repository, manifest: Manifest, target: Path, *,
         totals["hardlinks"] += 1
         if on_entry is not None:
             on_entry(record["path"])
-    for record in iter_records(repo, manifest.tree):  # directories' attributes last
+    for record in directories:
         entry = entry_of(record)
-        if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER) and selected(entry.path):
-            restorer.warn(entry.path, restore_directory_attributes(
-                restorer.place(entry.path), entry, owner=restorer.owner))
+        restorer.warn(entry.path, restore_directory_attributes(
+            restorer.place(entry.path), entry, owner=restorer.owner))
     totals["warnings"] = restorer.warnings
     return totals
 
@@ -347,7 +357,7 @@ class _TreeRestorer:
             if destination.parent not in made:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 made.add(destination.parent)
-            if entry.kind in (EntryKind.DIRECTORY, EntryKind.FOLDER):
+            if entry.kind in DIRECTORY_KINDS:
                 destination.mkdir(exist_ok=True)
                 made.add(destination)
                 counts["directories"] += 1
@@ -365,8 +375,7 @@ class _TreeRestorer:
                     else self._fetch(chunks))
                 counts["bytes"] += self._write_file(destination, entry, datas)
                 counts["files"] += 1
-                links = entry.metadata.get("links", 0)
-                if isinstance(links, int) and links > 1:
+                if later_names(entry):
                     self._first_names.add(entry.path)
         return counts, [r["path"] for r in batch]
 
@@ -408,9 +417,7 @@ class _TreeRestorer:
         fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for data in datas:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, [data], written)
                 written += len(data)
             problems = restore_attributes(fd, entry, owner=self.owner)
         except BaseException:

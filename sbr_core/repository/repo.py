@@ -212,11 +212,14 @@ class Repository:
 
     @property
     def index(self) -> MasterIndex:
+        index = self._index  # once loaded, read without the lock: this runs once per chunk
+        if index is not None:
+            return index
         with self._lock:
             if self._index is None:
-                index = MasterIndex()
-                index.load(self.destination, self.sealer)
-                self._index = index
+                loaded = MasterIndex()
+                loaded.load(self.destination, self.sealer)
+                self._index = loaded
             return self._index
 
     def reload_index(self, exclude_packs: set[bytes] | frozenset[bytes] = frozenset(), *,

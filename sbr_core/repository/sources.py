@@ -109,7 +109,8 @@ def read_extents_file(path: Path, size: int) -> list[Extent]:
 
 #: Errors that mean the share itself went away (an NFS server down, a CIFS session lost): the
 #: walk stops, rather than recording a tree that silently lacks everything below.
-_SHARE_LOST = {errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EIO}
+SHARE_LOST = frozenset({errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                        errno.EIO})
 #: The file system keeps no extended attributes (or not on this kind of file).
 _NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
@@ -153,7 +154,7 @@ def walk_directory(root: Path, *, on_skip: Callable[[str, str], None] | None = N
         try:
             names = sorted(os.listdir(directory))
         except OSError as exc:
-            if not prefix or exc.errno in _SHARE_LOST:
+            if not prefix or exc.errno in SHARE_LOST:
                 raise lost(directory, exc) from exc
             skip(prefix, exc.strerror or str(exc))
             return
@@ -165,7 +166,7 @@ def walk_directory(root: Path, *, on_skip: Callable[[str, str], None] | None = N
             except FileNotFoundError:
                 continue  # deleted since the directory was listed
             except OSError as exc:
-                if exc.errno in _SHARE_LOST:
+                if exc.errno in SHARE_LOST:
                     raise lost(path, exc) from exc
                 skip(relative, exc.strerror or str(exc))
                 continue

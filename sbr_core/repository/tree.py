@@ -36,10 +36,17 @@ TREE_BLOB_MAX = 1024 * 1024
 _CUT_MASK = 0x3F  # about one cut per 64 records past the minimum
 BATCH_BYTES = 2 * 1024 * 1024  # content handed to a worker at once
 CDC_BLOCK = 8 * 1024 * 1024  # content read and cut at once
-_CONTENT_KINDS = (EntryKind.FILE, EntryKind.ITEM)
+CONTENT_KINDS = (EntryKind.FILE, EntryKind.ITEM)
+DIRECTORY_KINDS = (EntryKind.DIRECTORY, EntryKind.FOLDER)
 #: Parent records passed over unmatched (deleted, or renamed away) kept by item id, so that a
 #: renamed entry is recognised; at most this many, the oldest dropped first.
 MOVED_MAX = 50_000
+
+
+def later_names(entry: Entry) -> int:
+    """How many ``hardlink`` entries name this file as their first name (0: none)."""
+    links = entry.metadata.get("links", 0) if entry.kind == EntryKind.FILE else 0
+    return links - 1 if isinstance(links, int) and links > 1 else 0
 
 
 def path_key(path: str) -> tuple[str, ...]:
@@ -59,7 +66,7 @@ def record_of(entry: Entry, chunks: list[bytes]) -> dict[str, Any]:
         record["xattrs"] = {k: base64.b64encode(v).decode() for k, v in entry.xattrs.items()}
     if entry.metadata:
         record["metadata"] = dict(entry.metadata)
-    if entry.kind in _CONTENT_KINDS or entry.kind == EntryKind.HARDLINK:
+    if entry.kind in CONTENT_KINDS or entry.kind == EntryKind.HARDLINK:
         record["chunks"] = [c.hex() for c in chunks]
     return record
 
@@ -97,7 +104,7 @@ def iter_records(repo: Repository, tree: Iterable[bytes]) -> Iterator[dict[str, 
 
 def _unchanged(entry: Entry, old: dict[str, Any]) -> bool:
     """Whether an entry's content can be taken from the parent's record unread."""
-    return (old.get("kind") == entry.kind.value and entry.kind in _CONTENT_KINDS
+    return (old.get("kind") == entry.kind.value and entry.kind in CONTENT_KINDS
             and int(old.get("size", -1)) == entry.size
             and int(old.get("mtime_ns", -1)) == entry.mtime_ns
             and old.get("item_id", "") == entry.item_id
@@ -112,9 +119,9 @@ class _HardLinks:
         self.first: dict[str, list[Any]] = {}  # path -> [chunks, names still to come]
 
     def note(self, entry: Entry, chunks: list[bytes]) -> None:
-        links = entry.metadata.get("links", 0) if entry.kind == EntryKind.FILE else 0
-        if isinstance(links, int) and links > 1:
-            self.first[entry.path] = [chunks, links - 1]
+        count = later_names(entry)
+        if count:
+            self.first[entry.path] = [chunks, count]
 
     def chunks_of(self, entry: Entry) -> list[bytes] | None:
         """The content of a hardlink entry's first name; None if that was not recorded."""
@@ -263,7 +270,7 @@ class TreeWriter:
                 continue
             if same is not None and same.get("item_id") != entry.item_id:
                 moved.add(same)  # another file took this path; the old one may be elsewhere
-            found = moved.take(entry) if entry.kind in _CONTENT_KINDS else None
+            found = moved.take(entry) if entry.kind in CONTENT_KINDS else None
             if found is not None:
                 self.writer.stats["files_unchanged"] += 1
                 yield entry, record_chunks(found)
@@ -294,7 +301,7 @@ class TreeWriter:
         batch: list[tuple[Any, ...]] = []
         size = 0
         for entry, reused in ordered:
-            if entry.kind in _CONTENT_KINDS and reused is None and entry.open is not None:
+            if entry.kind in CONTENT_KINDS and reused is None and entry.open is not None:
                 try:
                     for chunk in self._chunks(entry):
                         batch.append(("chunk", chunk))

@@ -25,7 +25,7 @@ from typing import Any
 from sbr_core.errors import UsageError
 from sbr_core.models import Entry, Extent
 from sbr_core.operation import Operation
-from sbr_core.repository.format import ZERO_ID, BlobType, encode_blob
+from sbr_core.repository.format import ZERO_ID, BlobType, encode_blob, zero_block
 from sbr_core.repository.locks import Lock
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
 from sbr_core.repository.packer import Packer
@@ -264,7 +264,7 @@ class BackupWriter:
         batch = [chunk for item in work
                  for chunk in (item.load() if isinstance(item, _ReadJob) else item)]
         out: list[tuple[int, bytes, bytes | None, int, int]] = []
-        zero = _zero_block(self.repo.config.image_chunk_size)
+        zero = zero_block(self.repo.config.image_chunk_size)
         for index, data, length in batch:
             if data is None:  # a zero run: length is a chunk count
                 out.append((index, ZERO_ID, None, length, 0))
@@ -350,16 +350,6 @@ class _ReadJob:
 
 
 _WorkItem = list[tuple[int, bytes | None, int]] | _ReadJob
-
-_ZEROS: dict[int, bytes] = {}
-
-
-def _zero_block(size: int) -> bytes:
-    block = _ZEROS.get(size)
-    if block is None:
-        block = _ZEROS[size] = bytes(size)
-    return block
-
 
 class _MapBuilder:
     """Builds a disk's chunk map one map blob at a time, so memory stays bounded.

@@ -15,12 +15,11 @@ from sbr_core.models import Entry, ExportRequest, Instance, InstanceState
 from sbr_core.operation import Operation
 from sbr_core.providers.base import ProviderContext
 from sbr_core.providers.items import ItemRestoreRequest, RestoreOutcome, StorageProvider
-from sbr_core.repository.sources import walk_directory
+from sbr_core.repository.sources import SHARE_LOST, walk_directory
 from sbr_plugins.fileshare.config import Excludes, FileShareConfig
 
 #: Errors after which trying again later may help: the share's server is away.
-_TRANSIENT = {errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EIO,
-              errno.ETIMEDOUT}
+_TRANSIENT = SHARE_LOST | {errno.ETIMEDOUT}
 
 
 class FileShareProvider(StorageProvider):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from sbr_core.directio import write_all
 from sbr_core.errors import ProviderError, SbrError, TaskCancelled, UsageError
 from sbr_core.models import Entry, EntryKind
 from sbr_core.providers.items import ItemRestoreRequest, RestoreOutcome
@@ -27,12 +28,11 @@ from sbr_core.repository.sources import (
     restore_attributes,
     restore_directory_attributes,
 )
+from sbr_core.repository.tree import CONTENT_KINDS, DIRECTORY_KINDS, later_names
 
 CONFLICTS = ("skip", "overwrite", "rename")
 TEMP_PREFIX = ".sbr-restore-"
 COPY_BLOCK = 1024 * 1024
-_DIRECTORY_KINDS = (EntryKind.DIRECTORY, EntryKind.FOLDER)
-_FILE_KINDS = (EntryKind.FILE, EntryKind.ITEM)
 
 
 class _Skipped(Exception):
@@ -104,10 +104,10 @@ class ShareRestore:
         return outcome
 
     def _restore(self, entry: Entry) -> RestoreOutcome | None:
-        if entry.kind in _DIRECTORY_KINDS:
+        if entry.kind in DIRECTORY_KINDS:
             self._directory(entry)
             return None  # told once its attributes are set, at the end
-        if entry.kind in _FILE_KINDS:
+        if entry.kind in CONTENT_KINDS:
             target, note = self._claim(entry)
             return self._file(entry, target, [note])
         if entry.kind == EntryKind.SYMLINK:
@@ -132,20 +132,19 @@ class ShareRestore:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        links = entry.metadata.get("links", 0)
-        if entry.kind == EntryKind.FILE and isinstance(links, int) and links > 1:
+        if later_names(entry):
             self._first_names[entry.path] = target
         return self._done(entry, target, [*notes, *problems, *self._owner_note(entry)])
 
     def _copy(self, stream: BinaryIO, fd: int) -> None:
+        offset = 0
         while True:
             self.op.check()
             data = stream.read(COPY_BLOCK)
             if not data:
                 return
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, [data], offset)
+            offset += len(data)
             self._bytes += len(data)
 
     def _symlink(self, entry: Entry, target: Path, notes: list[str]) -> RestoreOutcome:

@@ -80,6 +80,9 @@ def test_task_failures_are_told_once_and_other_task_states_not_at_all(
     assert notify.dispatch(restore_failed, notifiers, retry=FAST)[0].ok
     assert subjects(relay) == ["[SBR] Task 2 (restore) for 'web01' failed"]
     assert notify.build_notification(store_failed) is None  # told as "backup failed"
+    # the engine names a task's kind "workflow.step"
+    engine_store_failed = TaskEvent(1, 6, "backup.store", "failed", "web01", "node1", "full")
+    assert notify.build_notification(engine_store_failed) is None
 
 
 def test_the_server_listener_sends_from_its_workers_what_the_database_configures(
