@@ -35,8 +35,13 @@ def kill_when(process: subprocess.Popen[str], ready: Callable[[], bool], *,
     deadline = time.monotonic() + timeout
     while process.poll() is None:
         if ready():
-            process.send_signal(signal.SIGKILL)
-            break
+            # Freeze it and look again: the state seen may have passed before a bare
+            # kill lands (a temp file renamed into place, say), which made this flaky.
+            process.send_signal(signal.SIGSTOP)
+            if ready():
+                process.send_signal(signal.SIGKILL)
+                break
+            process.send_signal(signal.SIGCONT)
         if time.monotonic() > deadline:
             process.send_signal(signal.SIGKILL)
             process.communicate()
