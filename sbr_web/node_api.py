@@ -39,6 +39,11 @@ def _engine() -> dict[str, Any]:
     return engine
 
 
+def _timing() -> claims.Timing:
+    timing: claims.Timing = _engine().get("timing", claims.DEFAULT_TIMING)
+    return timing
+
+
 def _int(body: dict[str, Any], name: str, *, required: bool = True) -> int | None:
     value = body.get(name)
     if value is None and not required:
@@ -68,15 +73,15 @@ def register() -> Any:
                    staging_path=str(body.get("staging_path", "")),
                    free_bytes=_int(body, "free_bytes", required=False) or 0)
     return jsonify(node=g.node.name, concurrency=g.node.concurrency,
-                   lease_seconds=int(claims.LEASE.total_seconds()),
-                   heartbeat_seconds=int(claims.LEASE.total_seconds() / 4))
+                   lease_seconds=_timing().lease.total_seconds(),
+                   heartbeat_seconds=_timing().heartbeat_seconds)
 
 
 @blueprint.route("/claim", methods=["POST"])
 def claim() -> Any:
     """The next task for this node with its work order, or 204 when there is none."""
     engine = _engine()
-    got = claims.claim(engine["db"], g.node)
+    got = claims.claim(engine["db"], g.node, timing=_timing())
     if got is None:
         return "", 204
     order = work_order(got, engine["box"])
@@ -91,7 +96,7 @@ def heartbeat(task_id: int) -> Any:
     cancel = workflows.heartbeat(
         _engine()["db"], task_id, g.node, _int(body, "attempt") or 0,
         done=_int(body, "done", required=False), total=_int(body, "total", required=False),
-        speed=_int(body, "speed", required=False), log=_log_lines(body))
+        speed=_int(body, "speed", required=False), log=_log_lines(body), timing=_timing())
     return jsonify(cancel=cancel)
 
 
@@ -107,7 +112,8 @@ def finish(task_id: int) -> Any:
     state = str(body.get("state", ""))
     done = workflows.finish_task(
         engine["db"], task_id, g.node, _int(body, "attempt") or 0, state=state,
-        result=result, error=str(body.get("error", "")), log=_log_lines(body))
+        result=result, error=str(body.get("error", "")), log=_log_lines(body),
+        timing=_timing())
     engine["events"].task_finished(task_id, state, g.node.name, done)
     if done.next is None:
         return jsonify(next=None, workflow_state=done.workflow_state)

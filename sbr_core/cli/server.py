@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import logging
 import socket
@@ -10,7 +11,8 @@ from pathlib import Path
 import click
 
 from sbr_core.cli.context import database, plugin_host, runtime
-from sbr_core.engine.service import EngineLoop
+from sbr_core.engine.claims import Timing
+from sbr_core.engine.service import EngineLoop, standard_passes
 from sbr_core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,14 @@ log = logging.getLogger(__name__)
 @click.option("--tick", "tick_seconds", default=30.0, show_default=True,
               type=click.FloatRange(0.1, 3600),
               help="Seconds between the engine's passes (lost nodes, schedules, retention).")
+@click.option("--lease", "lease_seconds", default=60.0, show_default=True,
+              type=click.FloatRange(1, 3600),
+              help="Seconds a node holds a task without a heartbeat before it counts as lost.")
+@click.option("--retry-delay", "retry_seconds", default=30.0, show_default=True,
+              type=click.FloatRange(0, 3600),
+              help="Seconds before a lost task's first retry (doubling, at most 10 minutes).")
 def server(host: str, port: int, threads: int, no_local_node: bool,
-           tick_seconds: float) -> None:
+           tick_seconds: float, lease_seconds: float, retry_seconds: float) -> None:
     """Run the SBR server (web UI, REST API). Migrates the database schema on start."""
     import waitress
 
@@ -47,7 +55,12 @@ def server(host: str, port: int, threads: int, no_local_node: bool,
     logging.getLogger().setLevel(logging.INFO)
     notifications = notify.install(app.extensions["sbr"]["host"],
                                    box=app.extensions["sbr"]["box"])
-    engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=tick_seconds)
+    timing = Timing(lease=dt.timedelta(seconds=lease_seconds),
+                    retry_base=dt.timedelta(seconds=retry_seconds))
+    app.extensions["sbr"]["timing"] = timing
+    engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=tick_seconds,
+                        passes=standard_passes(db, app.extensions["sbr"]["host"]),
+                        timing=timing)
     engine.start()
     if not no_local_node:
         _start_local_node(host, port, rt.data_dir / "staging")

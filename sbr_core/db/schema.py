@@ -116,6 +116,7 @@ class Policy(BaseModel):
     name = pw.CharField(max_length=100, unique=True)
     kind = pw.CharField(max_length=16, default="backup")
     destination = pw.ForeignKeyField(Destination, null=True, backref="policies")
+    destination_id: int | None
     rules = JsonField(default=list)
     retention = JsonField(default=dict)
     priority = pw.IntegerField(default=50)
@@ -127,6 +128,9 @@ class Policy(BaseModel):
 class PolicyInstance(BaseModel):
     policy = pw.ForeignKeyField(Policy, on_delete="CASCADE", backref="members")
     instance = pw.ForeignKeyField(Instance, on_delete="CASCADE")
+    policy_id: int
+    instance_id: int
+    source = pw.CharField(max_length=16, default="explicit")  # migration 5: or "rule"
 
     class Meta:
         indexes = ((("policy", "instance"), True),)
@@ -209,7 +213,9 @@ class TaskLog(BaseModel):
 
 class Backup(BaseModel):
     instance = pw.ForeignKeyField(Instance, backref="backups")
+    instance_id: int
     destination = pw.ForeignKeyField(Destination, backref="backups")
+    destination_id: int
     policy = pw.ForeignKeyField(Policy, null=True, on_delete="SET NULL")
     workflow = pw.ForeignKeyField(Workflow, null=True, on_delete="SET NULL")
     repo_backup_id = pw.CharField(max_length=128)

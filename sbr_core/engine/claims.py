@@ -16,11 +16,35 @@ from typing import Any
 import attrs
 import peewee as pw
 
-from sbr_core.db.schema import Node, Task, Workflow, utcnow
+from sbr_core.db.schema import Node, Task, TaskLog, Workflow, utcnow
 
 LEASE = dt.timedelta(seconds=60)
 RETRY_BASE = dt.timedelta(seconds=30)
 RETRY_CAP = dt.timedelta(minutes=10)
+
+
+@attrs.frozen
+class Timing:
+    """How long a lease lasts and how long a retry waits. The defaults suit production;
+    ``sbr server --lease/--retry-delay`` change them (tests use seconds, not minutes)."""
+
+    lease: dt.timedelta = LEASE
+    retry_base: dt.timedelta = RETRY_BASE
+    retry_cap: dt.timedelta = RETRY_CAP
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a node renews: four times a lease, so one lost beat costs nothing."""
+        return self.lease.total_seconds() / 4
+
+    def retry_delay(self, attempt: int) -> dt.timedelta:
+        """Backoff before attempt ``attempt + 1``: the base, doubling, at most the cap."""
+        delay: dt.timedelta = min(self.retry_base * (2 ** max(attempt - 1, 0)),
+                                  self.retry_cap)
+        return delay
+
+
+DEFAULT_TIMING = Timing()
 
 
 @attrs.frozen
@@ -51,7 +75,8 @@ def claim_transaction(db: pw.Database) -> Any:
     return db.atomic()
 
 
-def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Claim | None:
+def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None,
+          timing: Timing = DEFAULT_TIMING) -> Claim | None:
     """Give ``node`` the oldest task it may run, or None. Atomic on both databases."""
     now = now or utcnow()
     with claim_transaction(db):
@@ -73,7 +98,7 @@ def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None) -> Cla
         task = rows[0]
         attempt = task.attempts + 1
         changed = (Task.update(state="running", node=node, attempts=attempt,
-                               lease_expires_at=now + LEASE,
+                               lease_expires_at=now + timing.lease,
                                started_at=pw.fn.COALESCE(Task.started_at, now))
                    .where((Task.id == task.id) & (Task.state == "queued"))
                    .execute())
@@ -127,11 +152,11 @@ def _matches(providers: frozenset[str], clusters: tuple[str, ...]) -> Any:
 
 
 def renew(db: pw.Database, task_id: int, node: Node, attempt: int, *,
-          now: dt.datetime | None = None) -> bool:
+          now: dt.datetime | None = None, timing: Timing = DEFAULT_TIMING) -> bool:
     """Extend the lease of a task ``node`` holds; False when it no longer holds it."""
     now = now or utcnow()
     with db.atomic():
-        changed = (Task.update(lease_expires_at=now + LEASE)
+        changed = (Task.update(lease_expires_at=now + timing.lease)
                    .where((Task.id == task_id) & (Task.node == node)
                           & (Task.attempts == attempt) & (Task.state == "running"))
                    .execute())
@@ -139,12 +164,12 @@ def renew(db: pw.Database, task_id: int, node: Node, attempt: int, *,
 
 
 def retry_delay(attempt: int) -> dt.timedelta:
-    """Backoff before attempt ``attempt + 1``: 30 s, 1 min, 2 min … at most 10 min."""
-    delay: dt.timedelta = min(RETRY_BASE * (2 ** max(attempt - 1, 0)), RETRY_CAP)
-    return delay
+    """Backoff before attempt ``attempt + 1`` by default: 30 s, 1 min, 2 min … 10 min."""
+    return DEFAULT_TIMING.retry_delay(attempt)
 
 
-def reap(db: pw.Database, *, now: dt.datetime | None = None) -> list[Reaped]:
+def reap(db: pw.Database, *, now: dt.datetime | None = None,
+         timing: Timing = DEFAULT_TIMING) -> list[Reaped]:
     """Take back every running task whose lease ran out: queue it again after a backoff,
     or fail it (and its workflow) when it has used all its attempts."""
     now = now or utcnow()
@@ -169,14 +194,21 @@ def reap(db: pw.Database, *, now: dt.datetime | None = None) -> list[Reaped]:
                                 progress_done=0, progress_total=0, speed_bps=0).where(
                         (Task.workflow == task.workflow_id)
                         & (Task.seq > first.seq)).execute()
+                retry_at = now + timing.retry_delay(attempts)
                 Task.update(state="queued", node=None, lease_expires_at=None, result=None,
-                            finished_at=None, not_before=now + retry_delay(attempts),
+                            finished_at=None, not_before=retry_at,
                             error=reason).where(Task.id == first.id).execute()
+                # The log keeps the lost attempt; the error column is the latest outcome's.
+                TaskLog.create(task=first.id, at=now, level="warning",
+                               message=f"attempt {attempts} lost: {reason} (during "
+                                       f"{task.step}); retrying from {first.step} after "
+                                       f"{retry_at:%H:%M:%S} UTC")
                 done.append(Reaped(task.id, node_name, requeued=True))
             else:
                 message = f"{reason}; gave up after {attempts} attempts"
                 Task.update(state="failed", lease_expires_at=None, finished_at=now,
                             error=message).where(Task.id == task.id).execute()
+                TaskLog.create(task=task.id, at=now, level="error", message=message)
                 Task.update(state="cancelled", finished_at=now).where(
                     (Task.workflow == task.workflow_id)
                     & (Task.state.in_(("waiting", "queued")))).execute()

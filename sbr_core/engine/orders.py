@@ -12,6 +12,7 @@ from typing import Any
 
 from sbr_core.db.schema import Backup, Destination, Instance, ProviderConnection, Task, Workflow
 from sbr_core.engine.claims import Claim
+from sbr_core.engine.expiry import prune_order
 from sbr_core.secretbox import SecretBox
 
 
@@ -78,6 +79,8 @@ def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
         if parent is not None:
             order["parent"] = {"backup_id": parent.repo_backup_id,
                                "platform_state": dict(parent.platform_state or {})}
+    if workflow.kind == "prune":
+        order["prune"] = prune_order(params)
     if backup_ref is not None:  # a restore reads where that backup is
         backup = Backup.get_by_id(backup_ref)
         order["backup"] = {"id": backup.id, "repo_backup_id": backup.repo_backup_id,

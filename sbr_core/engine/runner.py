@@ -203,7 +203,8 @@ class WorkflowRun:
     def _step(self, order: dict[str, Any], context: StepContext) -> StepResult:
         step = context.step
         core: dict[str, Callable[[dict[str, Any], StepContext], StepResult]] = {
-            "export": self._export, "store": self._store, "restore": self._restore}
+            "export": self._export, "store": self._store, "restore": self._restore,
+            "prune": self._prune}
         if step in core:
             return core[step](order, context)
         plugin_steps = self.host.workflow_steps()
@@ -293,6 +294,33 @@ class WorkflowRun:
                                   op=context.op)
         return StepResult(summary=f"restored {totals['files']} files, {totals['bytes']} "
                                   f"bytes to {target}", figures=dict(totals))
+
+    def _prune(self, order: dict[str, Any], context: StepContext) -> StepResult:
+        """Retention: forget the expired backups' manifests, then collect the garbage.
+        A manifest already gone (an earlier attempt got that far) counts as forgotten."""
+        from sbr_core.repository import collect_garbage
+        from sbr_core.repository.gc import forget
+
+        repo = _repository(self.host, order["destination"], create=False)
+        doomed = list(order.get("prune") or ())
+        present = set(repo.backup_ids())
+        forgotten = []
+        for entry in doomed:
+            context.op.check()
+            if entry["repo_backup_id"] in present:
+                forget(repo, [entry["repo_backup_id"]])
+            forgotten.append(entry["id"])
+        report = collect_garbage(repo, wait=float(context.params.get("gc_wait", 60.0)),
+                                 progress=lambda message: context.logger.info("%s", message))
+        if report.waiting_for:
+            context.logger.warning("gc is waiting for writers (%s); the space is freed by "
+                                   "the next prune", ", ".join(report.waiting_for))
+        return StepResult(
+            summary=f"forgot {len(forgotten)} expired backup(s); gc {report.phase}: "
+                    f"{report.packs_deleted} pack(s), {report.bytes_deleted} bytes freed",
+            figures={"forgotten": forgotten, "gc_phase": report.phase,
+                     "packs_deleted": report.packs_deleted,
+                     "bytes_deleted": report.bytes_deleted})
 
     def _close_contexts(self, *, failed: bool = False) -> None:
         """Leave what the steps opened (an export's snapshot), newest first."""

@@ -1,21 +1,51 @@
-"""The server's own engine loop: every tick it takes back expired leases (and, as they
-arrive, runs the scheduler and retention). One thread; each pass opens its own database
-connection, and one failing pass is logged and the next one runs."""
+"""The server's own engine loop: every tick it takes back expired leases, fires the
+schedules that are due and starts the prune workflows of retention; every
+``retention_seconds`` it also applies every policy's retention to the catalog (rules
+with a time in them expire backups as the clock moves, not only after a new backup).
+One thread; each tick opens its own database connection, and one failing pass is logged
+and the next one runs."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import peewee as pw
 
+from sbr_core.engine import expiry, scheduler
 from sbr_core.engine.announce import Announcer
-from sbr_core.engine.claims import reap
+from sbr_core.engine.claims import DEFAULT_TIMING, Timing, reap
+from sbr_core.plugins import PluginHost
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 30.0
+RETENTION_SECONDS = 600.0
+
+
+def standard_passes(db: pw.Database, host: PluginHost | None, *,
+                    retention_seconds: float = RETENTION_SECONDS
+                    ) -> tuple[Callable[[], None], ...]:
+    """The server's passes after the reaper: schedules, retention, prunes."""
+    last_retention = [float("-inf")]
+
+    def schedules() -> None:
+        report = scheduler.schedule_pass(db, host=host)
+        if report.created or report.busy:
+            log.info("scheduler: %d schedule(s) fired, %d workflow(s) created, %d instance(s) "
+                     "still busy", report.fired, report.created, report.busy)
+
+    def retention() -> None:
+        if time.monotonic() - last_retention[0] >= retention_seconds:
+            expiry.expire_backups(db)
+            last_retention[0] = time.monotonic()
+        started = scheduler.prune_pass(db, host=host)
+        if started:
+            log.info("retention: %d prune workflow(s) started", started)
+
+    return (schedules, retention)
 
 
 class EngineLoop:
@@ -23,11 +53,13 @@ class EngineLoop:
 
     def __init__(self, db: pw.Database, announcer: Announcer, *,
                  tick_seconds: float = TICK_SECONDS,
-                 passes: tuple[Callable[[], None], ...] = ()) -> None:
+                 passes: tuple[Callable[[], None], ...] = (),
+                 timing: Timing = DEFAULT_TIMING) -> None:
         self.db = db
         self.announcer = announcer
         self.tick_seconds = tick_seconds
         self.passes = passes
+        self.timing = timing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sbr-engine", daemon=True)
 
@@ -39,15 +71,18 @@ class EngineLoop:
         self._thread.join()
 
     def tick(self) -> None:
-        """One pass: reap expired leases, then the other passes."""
+        """One tick: reap expired leases, then the other passes, each on its own."""
         self.db.connect(reuse_if_open=True)
         try:
-            reaped = reap(self.db)
+            reaped = reap(self.db, timing=self.timing)
             if reaped:
                 log.warning("took back %d task(s) from lost nodes", len(reaped))
                 self.announcer.reaped(reaped)
             for work in self.passes:
-                work()
+                try:
+                    work()
+                except Exception:  # the scheduler failing must not stop retention
+                    log.exception("engine pass %s failed", getattr(work, "__name__", work))
         finally:
             if not self.db.is_closed():
                 self.db.close()

@@ -19,7 +19,8 @@ import attrs
 import peewee as pw
 
 from sbr_core.db.schema import Backup, Instance, Node, Policy, Task, TaskLog, Workflow, utcnow
-from sbr_core.engine.claims import LEASE, Claim, claim_transaction
+from sbr_core.engine import expiry
+from sbr_core.engine.claims import DEFAULT_TIMING, Claim, Timing, claim_transaction
 from sbr_core.errors import ConflictError, LeaseLost, NotFoundError, UsageError
 from sbr_core.plugins import PluginHost
 
@@ -30,6 +31,7 @@ CORE_STEPS: Mapping[str, tuple[str, ...]] = {
     "restore-import": ("restore", "import"),
     "mount": ("restore", "mount"),
     "snapshot": ("snapshot",),
+    "prune": ("prune",),  # retention: forget expired backups, then collect garbage
 }
 #: Kinds of which an instance may have only one unfinished workflow at a time.
 EXCLUSIVE_KINDS = frozenset({"backup", "snapshot"})
@@ -76,40 +78,73 @@ def create_workflow(db: pw.Database, kind: str, *, instance: Instance | None = N
     A backup or snapshot of an instance that already has one pending or running is refused
     (ConflictError), under a lock, so two schedulers or two clicks never queue it twice.
     """
+    created, busy = create_workflows(db, kind, [instance], policy=policy,
+                                     requested_by=requested_by, params=params,
+                                     priority=priority, host=host, max_attempts=max_attempts)
+    if busy:
+        assert instance is not None
+        raise ConflictError(f"instance {instance.name!r} already has a {kind} "
+                            f"pending or running (workflow {busy[0][1]})")
+    return created[0]
+
+
+def create_workflows(db: pw.Database, kind: str, instances: Sequence[Instance | None], *,
+                     policy: Policy | None = None, requested_by: str = "",
+                     params: Mapping[str, Any] | None = None, priority: int | None = None,
+                     host: PluginHost | None = None, max_attempts: int = 3
+                     ) -> tuple[list[Workflow], list[tuple[Instance, int]]]:
+    """One workflow per instance, all in one transaction (a scheduler firing for a
+    thousand instances commits once). Instances that already have a ``kind`` workflow
+    pending or running are skipped, under a lock; returns the workflows created and the
+    skipped instances with the id of the workflow that holds each."""
     steps = plan_steps(kind, host)
     if priority is None:
         priority = policy.priority if policy is not None else 50
     if not 0 <= priority <= 100:
         raise UsageError(f"priority: must be from 0 to 100, not {priority}")
+    created: list[Workflow] = []
+    busy: list[tuple[Instance, int]] = []
     with claim_transaction(db):
-        if instance is not None and kind in EXCLUSIVE_KINDS:
-            _lock_instance(db, instance.id)
-            busy = (Workflow.select(Workflow.id)
-                    .where((Workflow.instance == instance.id) & (Workflow.kind == kind)
-                           & Workflow.state.in_(ACTIVE_STATES))
-                    .first())
-            if busy is not None:
-                raise ConflictError(f"instance {instance.name!r} already has a {kind} "
-                                    f"pending or running (workflow {busy.id})")
-        workflow = Workflow.create(
-            kind=kind, state="pending", instance=instance, policy=policy,
-            requested_by=requested_by, params=dict(params or {}), priority=priority,
-            provider_name=instance.connection.name if instance is not None else "",
-            location=instance.location if instance is not None else "")
-        Task.insert_many([
-            {"workflow": workflow.id, "step": name, "seq": seq,
-             "state": "queued" if seq == 0 else "waiting", "max_attempts": max_attempts,
-             "params": {"always_run": always_run} if always_run else {}}
-            for seq, (name, always_run) in enumerate(steps)
-        ]).execute()
-    return workflow
+        holders: dict[int, int] = {}
+        ids = [i.id for i in instances if i is not None]
+        if ids and kind in EXCLUSIVE_KINDS:
+            _lock_instances(db, ids)
+            for chunk in range(0, len(ids), 500):
+                for row in (Workflow.select(Workflow.id, Workflow.instance)
+                            .where(Workflow.instance.in_(ids[chunk:chunk + 500])
+                                   & (Workflow.kind == kind)
+                                   & Workflow.state.in_(ACTIVE_STATES))):
+                    holders[int(row.instance_id or 0)] = row.id
+        tasks: list[dict[str, Any]] = []
+        for instance in instances:
+            if instance is not None and instance.id in holders:
+                busy.append((instance, holders[instance.id]))
+                continue
+            workflow = Workflow.create(
+                kind=kind, state="pending", instance=instance, policy=policy,
+                requested_by=requested_by, params=dict(params or {}), priority=priority,
+                provider_name=instance.connection.name if instance is not None else "",
+                location=instance.location if instance is not None else "")
+            if instance is not None:
+                holders[instance.id] = workflow.id  # the same instance twice in one call
+            created.append(workflow)
+            tasks.extend(
+                {"workflow": workflow.id, "step": name, "seq": seq,
+                 "state": "queued" if seq == 0 else "waiting", "max_attempts": max_attempts,
+                 "params": {"always_run": always_run} if always_run else {}}
+                for seq, (name, always_run) in enumerate(steps))
+        for chunk in range(0, len(tasks), 500):
+            Task.insert_many(tasks[chunk:chunk + 500]).execute()
+    return created, busy
 
 
-def _lock_instance(db: pw.Database, instance_id: int) -> None:
+def _lock_instances(db: pw.Database, instance_ids: Sequence[int]) -> None:
     """Serialise workflow creation per instance (SQLite: BEGIN IMMEDIATE already did)."""
     if not isinstance(db, pw.SqliteDatabase):
-        list(Instance.select(Instance.id).where(Instance.id == instance_id)
-             .for_update())
+        for chunk in range(0, len(instance_ids), 500):
+            list(Instance.select(Instance.id)
+                 .where(Instance.id.in_(sorted(instance_ids[chunk:chunk + 500])))
+                 .for_update())
 
 
 def held_task(task_id: int, node: Node, attempt: int) -> Task:
@@ -125,13 +160,14 @@ def held_task(task_id: int, node: Node, attempt: int) -> Task:
 
 def heartbeat(db: pw.Database, task_id: int, node: Node, attempt: int, *,
               done: int | None = None, total: int | None = None, speed: int | None = None,
-              log: Sequence[tuple[str, str]] = (), now: dt.datetime | None = None) -> bool:
+              log: Sequence[tuple[str, str]] = (), now: dt.datetime | None = None,
+              timing: Timing = DEFAULT_TIMING) -> bool:
     """Renew a task's lease, record its progress and log lines; True when its workflow is
     being cancelled (the node stops the step)."""
     now = now or utcnow()
     with db.atomic():
         task = held_task(task_id, node, attempt)
-        changes: dict[Any, Any] = {Task.lease_expires_at: now + LEASE}
+        changes: dict[Any, Any] = {Task.lease_expires_at: now + timing.lease}
         if done is not None:
             changes[Task.progress_done] = max(0, int(done))
         if total is not None:
@@ -155,7 +191,7 @@ def _append_log(task_id: int, lines: Sequence[tuple[str, str]], now: dt.datetime
 def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, state: str,
                 result: Mapping[str, Any] | None = None, error: str = "",
                 log: Sequence[tuple[str, str]] = (),
-                now: dt.datetime | None = None) -> Finished:
+                now: dt.datetime | None = None, timing: Timing = DEFAULT_TIMING) -> Finished:
     """Record how a task ended and move its workflow on, in one transaction.
 
     ``succeeded``: the next task is started on the same node and returned. A backup's
@@ -174,6 +210,12 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
         _append_log(task.id, log, now)
         if state == "succeeded" and workflow.kind == "backup" and task.step == "store":
             _record_backup(workflow, dict(result or {}), now)
+            if workflow.policy is not None and workflow.instance_id is not None:
+                # retention runs after each backup
+                expiry.expire_backups(db, policies=[workflow.policy],
+                                      instance_ids=[workflow.instance_id], now=now)
+        if state == "succeeded" and workflow.kind == "prune" and task.step == "prune":
+            expiry.forgotten(workflow, dict(result or {}))
         if state != "succeeded" and not workflow.error:
             workflow.error = error or f"{task.step} was {state}"
             Workflow.update(error=workflow.error).where(Workflow.id == workflow.id).execute()
@@ -187,7 +229,8 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
                 continue
             next_attempt = following.attempts + 1
             Task.update(state="running", node=node, attempts=next_attempt, started_at=now,
-                        lease_expires_at=now + LEASE).where(Task.id == following.id).execute()
+                        lease_expires_at=now + timing.lease).where(
+                Task.id == following.id).execute()
             return Finished(Claim(following.id, next_attempt, workflow.id, following.step),
                             None)
         if workflow.state == "cancelling" or state == "cancelled":

@@ -24,7 +24,8 @@ from sbr_core.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 MIGRATION_TABLE = "sbr_schema_migration"
-_MODULES = ("m0001_identity", "m0002_connections", "m0003_operations", "m0004_engine")
+_MODULES = ("m0001_identity", "m0002_connections", "m0003_operations", "m0004_engine",
+            "m0005_membership")
 
 
 @attrs.frozen
