@@ -198,7 +198,7 @@ def print_tables(sections: list[tuple[str, list[Row]]], target_list: list[Target
     console.print(table)
 
 
-def _md_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+def md_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     def esc(cell: str) -> str:
         return cell.replace("|", "\\|").replace("\n", " ")
 
@@ -213,21 +213,21 @@ def markdown(intro: list[str], sections: list[tuple[str, list[Row]]],
     parts = [START, "## Repository benchmark: sbr repo, restic and borg on the same data", ""]
     parts += intro
     for title, rows in sections:
-        parts += ["", f"### {title}", "", _md_table(COLUMNS, [cells(r) for r in rows])]
+        parts += ["", f"### {title}", "", md_table(COLUMNS, [cells(r) for r in rows])]
     parts += ["", "### Targets", "",
               "Ratios between tools measured in this same run, so the machine cancels out.", "",
-              _md_table(("target", "measured", "result"),
+              md_table(("target", "measured", "result"),
                         [[t.name, t.measured, f"**{t.result}**"] for t in target_list]),
               "", END]
     return "\n".join(parts) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of path (between the markers), or append it."""
+def write_section(path: Path, section: str, *, start: str = START, end: str = END) -> None:
+    """Replace a benchmark's section of path (between its markers), or append it."""
     old = path.read_text() if path.exists() else "# Performance\n"
-    start, end = old.find(START), old.find(END)
-    if start != -1 and end > start:
-        new = old[:start] + section.rstrip("\n") + old[end + len(END):]
+    first, last = old.find(start), old.find(end)
+    if first != -1 and last > first:
+        new = old[:first] + section.rstrip("\n") + old[last + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
