@@ -85,7 +85,7 @@ def claim() -> Any:
     if got is None:
         return "", 204
     order = work_order(got, engine["box"])
-    engine["events"].task_started(got, g.node.name)
+    engine["events"].task_started(got, g.node.name, order)
     return jsonify(order)
 
 
@@ -117,5 +117,6 @@ def finish(task_id: int) -> Any:
     engine["events"].task_finished(task_id, state, g.node.name, done)
     if done.next is None:
         return jsonify(next=None, workflow_state=done.workflow_state)
-    engine["events"].task_started(done.next, g.node.name)
-    return jsonify(next=work_order(done.next, engine["box"]), workflow_state=None)
+    order = work_order(done.next, engine["box"])
+    engine["events"].task_started(done.next, g.node.name, order)
+    return jsonify(next=order, workflow_state=None)

@@ -22,22 +22,26 @@ class Announcer:
     def __init__(self, host: PluginHost) -> None:
         self.host = host
 
-    def task_started(self, claim: Claim, node_name: str) -> None:
-        workflow = Workflow.get_by_id(claim.workflow_id)
-        self.host.emit(TaskEvent(task_id=claim.task_id, workflow_id=workflow.id,
-                                 kind=f"{workflow.kind}.{claim.step}", state="running",
-                                 instance_name=_instance_name(workflow), node_name=node_name))
+    def task_started(self, claim: Claim, node_name: str, order: dict[str, Any]) -> None:
+        """A node took a task; ``order`` is its work order (which names all we say)."""
+        instance = order.get("instance") or {}
+        self.host.emit(TaskEvent(task_id=claim.task_id, workflow_id=claim.workflow_id,
+                                 kind=f"{order['workflow']['kind']}.{claim.step}",
+                                 state="running", instance_name=str(instance.get("name", "")),
+                                 node_name=node_name))
 
     def task_finished(self, task_id: int, state: str, node_name: str,
                       finished: Finished) -> None:
-        task = Task.get_by_id(task_id)
-        workflow = Workflow.get_by_id(task.workflow_id)
-        self.host.emit(TaskEvent(task_id=task.id, workflow_id=workflow.id,
-                                 kind=f"{workflow.kind}.{task.step}", state=state,
-                                 instance_name=_instance_name(workflow), node_name=node_name,
-                                 error=task.error))
+        instance_name = ""
+        if finished.instance_id is not None:
+            instance_name = Instance.select(Instance.name).where(
+                Instance.id == finished.instance_id).scalar() or ""
+        self.host.emit(TaskEvent(task_id=task_id, workflow_id=finished.workflow_id,
+                                 kind=finished.kind, state=state,
+                                 instance_name=instance_name, node_name=node_name,
+                                 error=finished.error))
         if finished.workflow_state is not None:
-            self.workflow_ended(workflow.id)
+            self.workflow_ended(finished.workflow_id)
 
     def workflow_ended(self, workflow_id: int) -> None:
         workflow = Workflow.get_by_id(workflow_id)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import peewee as pw
+
 from sbr_core.db.schema import Backup, Destination, Instance, ProviderConnection, Task, Workflow
 from sbr_core.engine.claims import Claim
 from sbr_core.engine.expiry import prune_order
@@ -50,7 +52,10 @@ def _destination_json(row: Destination, box: SecretBox) -> dict[str, Any]:
 
 def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
     """The JSON a node gets for a claimed task."""
-    workflow = Workflow.get_by_id(claim.workflow_id)
+    workflow = (Workflow.select(Workflow, Instance, ProviderConnection)
+                .join(Instance, pw.JOIN.LEFT_OUTER)
+                .join(ProviderConnection, pw.JOIN.LEFT_OUTER)
+                .where(Workflow.id == claim.workflow_id).get())
     params = dict(workflow.params or {})
     steps = [{"id": t.id, "step": t.step, "seq": t.seq,
               "always_run": bool((t.params or {}).get("always_run"))}

@@ -43,10 +43,15 @@ MAX_LOG_LINE = 4000
 @attrs.frozen
 class Finished:
     """What :func:`finish_task` did: the next task the node should run now (pinned to it),
-    and the workflow's state when it ended (``None`` while it goes on)."""
+    and the workflow's state when it ended (``None`` while it goes on); with what the
+    events need to say of the finished task, so announcing it reads nothing again."""
 
     next: Claim | None
     workflow_state: str | None
+    workflow_id: int = 0
+    kind: str = ""  # "workflow.step", as TaskEvent names it
+    instance_id: int | None = None
+    error: str = ""
 
 
 def plan_steps(kind: str, host: PluginHost | None) -> list[tuple[str, bool]]:
@@ -219,6 +224,9 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
         if state != "succeeded" and not workflow.error:
             workflow.error = error or f"{task.step} was {state}"
             Workflow.update(error=workflow.error).where(Workflow.id == workflow.id).execute()
+        told: dict[str, Any] = {"workflow_id": workflow.id,
+                                "kind": f"{workflow.kind}.{task.step}",
+                                "instance_id": workflow.instance_id, "error": error[:MAX_LOG_LINE]}
         failing = bool(workflow.error) or workflow.state == "cancelling"
         later = list(Task.select().where((Task.workflow == workflow.id)
                                          & (Task.state == "waiting")).order_by(Task.seq))
@@ -232,13 +240,13 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
                         lease_expires_at=now + timing.lease).where(
                 Task.id == following.id).execute()
             return Finished(Claim(following.id, next_attempt, workflow.id, following.step),
-                            None)
+                            None, **told)
         if workflow.state == "cancelling" or state == "cancelled":
             final = "cancelled"
         else:
             final = "failed" if workflow.error else "succeeded"
         Workflow.update(state=final, finished_at=now).where(Workflow.id == workflow.id).execute()
-        return Finished(None, final)
+        return Finished(None, final, **told)
 
 
 def _record_backup(workflow: Workflow, result: dict[str, Any], now: dt.datetime) -> None:

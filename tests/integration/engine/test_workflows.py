@@ -75,7 +75,7 @@ def test_a_backup_runs_export_then_store_on_one_node_and_lands_in_the_catalog(
                                 result={"backup_id": "abc123", "full": True,
                                         "bytes_logical": 100, "bytes_stored": 40,
                                         "platform_state": {"k": 1}})
-    assert end == workflows.Finished(None, "succeeded")
+    assert (end.next, end.workflow_state) == (None, "succeeded")
     backup = Backup.get()
     assert (backup.repo_backup_id, backup.kind, backup.bytes_stored) == ("abc123", "full", 40)
     assert backup.platform_state == {"k": 1} and backup.instance_id == instance.id
@@ -128,7 +128,7 @@ def test_a_failed_export_fails_the_workflow_and_cancels_the_store(database: Any)
     assert got is not None
     end = workflows.finish_task(database, got.task_id, node, got.attempt, state="failed",
                                 error="share /x is not mounted")
-    assert end == workflows.Finished(None, "failed")
+    assert (end.next, end.workflow_state) == (None, "failed")
     assert _states(flow) == [("export", "failed"), ("store", "cancelled")]
     assert Workflow.get_by_id(flow.id).error == "share /x is not mounted"
 
@@ -150,7 +150,7 @@ def test_cancel_stops_queued_work_at_once_and_running_work_at_its_heartbeat(
     assert workflows.cancel_workflow(database, running.id) == "cancelling"
     assert workflows.heartbeat(database, got.task_id, node, got.attempt)
     end = workflows.finish_task(database, got.task_id, node, got.attempt, state="cancelled")
-    assert end == workflows.Finished(None, "cancelled")
+    assert (end.next, end.workflow_state) == (None, "cancelled")
     assert _states(running) == [("export", "cancelled"), ("store", "cancelled")]
 
 
