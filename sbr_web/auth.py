@@ -20,6 +20,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -27,9 +28,10 @@ from flask import (
     url_for,
 )
 
-from sbr_core import accounts, audit
+from sbr_core import accounts, apitokens, audit
 from sbr_core.db.schema import User
-from sbr_core.errors import AuthError
+from sbr_core.errors import AuthError, NotFoundError, UsageError
+from sbr_web.errors import json_body
 
 blueprint = Blueprint("auth", __name__)
 login_manager = flask_login.LoginManager()
@@ -95,14 +97,39 @@ def init_app(app: Flask) -> None:
 
     @login_manager.user_loader
     def _load(user_id: str) -> WebUser | None:
+        if bearer_token() is not None:  # a request that brings a token is judged by it alone
+            return None
         row = User.get_or_none(User.id == int(user_id))
         return WebUser(row) if row is not None and row.active else None
 
+    @login_manager.request_loader
+    def _load_from_token(_: Any) -> WebUser | None:
+        token = bearer_token()
+        if token is None:
+            return None
+        try:
+            row = apitokens.authenticate(token)
+        except AuthError as exc:
+            g.sbr_auth_error = str(exc)
+            return None
+        return WebUser(row)
+
     @login_manager.unauthorized_handler
     def _unauthorized() -> Any:
-        if _wants_json():
+        refused = g.get("sbr_auth_error")
+        if refused:
+            return jsonify(error=refused), 401
+        if _wants_json() or bearer_token() is not None:
             return jsonify(error="authentication required"), 401
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def bearer_token() -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, or None when there is none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
 
 
 def _wants_json() -> bool:
@@ -184,3 +211,88 @@ def logout() -> Any:
                      remote_addr=request.remote_addr or "")
     flask_login.logout_user()
     return redirect(url_for("auth.login"))
+
+
+# --- API tokens (``sbr login`` and scripts) -----------------------------------------------
+
+
+@blueprint.route("/api/v1/tokens", methods=["POST"])
+def create_token() -> Any:
+    """Log in for scripts: ``{username, password, name?, expires_in_days?}`` gives a bearer
+    token ``{id, token, name, expires_at, username, role}``, shown this once."""
+    body = json_body()
+    username = body.get("username")
+    password = body.get("password")
+    if not isinstance(username, str) or not username.strip():
+        raise UsageError("username: required")
+    if not isinstance(password, str) or not password:
+        raise UsageError("password: required")
+    name = body.get("name", "")
+    if not isinstance(name, str):
+        raise UsageError("name: must be text")
+    days = body.get("expires_in_days", apitokens.DEFAULT_LIFETIME_DAYS)
+    if days is None:  # every token of the API expires
+        raise UsageError(f"expires_in_days: must be a whole number from 1 to "
+                         f"{apitokens.MAX_LIFETIME_DAYS}")
+    username = username.strip()
+    address = request.remote_addr or ""
+    if _throttle().blocked(f"user:{username}", f"addr:{address}"):
+        audit.record("login.blocked", actor=username, remote_addr=address,
+                     detail={"via": "api-token"})
+        return jsonify(error="too many failed logins; wait a few minutes and try again"), 429
+    try:
+        row = accounts.authenticate(username, password)
+    except AuthError as exc:
+        _throttle().fail(f"user:{username}", f"addr:{address}")
+        audit.record("login.failed", actor=username, remote_addr=address,
+                     detail={"via": "api-token"})
+        return jsonify(error=str(exc)), 401
+    _throttle().clear(f"user:{username}")
+    token_row, token = apitokens.create_token(row, name=name, days=days)
+    shown = apitokens.describe(token_row)
+    audit.record("token.create", actor=row.username, target=f"token {token_row.id}",
+                 detail={"name": token_row.name, "expires_at": shown["expires_at"]},
+                 remote_addr=address)
+    return jsonify(id=token_row.id, token=token, name=token_row.name,
+                   expires_at=shown["expires_at"], username=row.username,
+                   role=row.role.name), 201
+
+
+@blueprint.route("/api/v1/tokens", methods=["GET"])
+@require_permission("view")
+def list_tokens() -> Any:
+    """The caller's own tokens (never the tokens or their hashes)."""
+    user = User.get_by_id(int(flask_login.current_user.id))
+    current = _current_token_id()
+    return jsonify([{**apitokens.describe(t), "current": t.id == current}
+                    for t in apitokens.tokens_of(user)])
+
+
+@blueprint.route("/api/v1/tokens/<token_ref>", methods=["DELETE"])
+@require_permission("view")
+def revoke_token(token_ref: str) -> Any:
+    """Revoke a token: one's own, or anyone's with ``manage-users``; ``current`` is the
+    token this request came with (``sbr logout``)."""
+    user = flask_login.current_user
+    if token_ref == "current":  # noqa: S105 - a path word, not a password
+        token_id = _current_token_id()
+        if token_id is None:
+            raise UsageError("token: this request did not come with an API token")
+    elif token_ref.isdigit():
+        token_id = int(token_ref)
+    else:
+        raise UsageError(f"token: {token_ref!r} is not a token id")
+    row = apitokens.get_token(token_id)
+    if row.user_id != int(user.id) and not user.can("manage-users"):
+        raise NotFoundError(f"token: no API token with id {token_id}")
+    row = apitokens.revoke_token(row.id)
+    audit.record("token.revoke", actor=user.username, target=f"token {row.id}",
+                 detail={"name": row.name, "owner": row.user.username},
+                 remote_addr=request.remote_addr or "")
+    return jsonify(apitokens.describe(row))
+
+
+def _current_token_id() -> int | None:
+    token = bearer_token()
+    row = apitokens.find(token) if token else None
+    return row.id if row is not None else None

@@ -22,16 +22,23 @@ def init_app(app: Flask) -> None:
     """Check the token on every state-changing request that carries a session cookie.
 
     JSON API calls are exempt: browsers cannot send them cross-site without CORS, which the
-    server never grants.
+    server never grants. So are requests that bring an ``Authorization: Bearer`` token: they
+    are authenticated by the token alone, never by the cookie (see :mod:`sbr_web.auth`), and
+    a browser cannot add that header cross-site either.
     """
     app.jinja_env.globals["csrf_token"] = token
 
     @app.before_request
     def _check() -> None:
-        if request.method in ("GET", "HEAD", "OPTIONS") or request.is_json:
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.is_json or _bearer():
             return
         sent = request.form.get(_FIELD, "") or request.headers.get("X-CSRF-Token", "")
         expected = session.get(_FIELD, "")
         if not expected or not hmac.compare_digest(sent, expected):
             abort(400, description="the form expired or did not come from this site; "
                                    "reload the page and try again")
+
+
+def _bearer() -> bool:
+    scheme, _, _ = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer"

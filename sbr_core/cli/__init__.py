@@ -51,6 +51,19 @@ BUILTIN_COMMANDS = {
     "server": "sbr_core.cli.server:server",
     "repo": "sbr_core.cli.repo:repo",
     "node": "sbr_core.cli.node:node",
+    "backup": "sbr_core.cli.work:backup",
+    "backups": "sbr_core.cli.work:backups",
+    "restore": "sbr_core.cli.work:restore",
+    "tasks": "sbr_core.cli.work:tasks",
+    "task": "sbr_core.cli.work:task",
+    "cancel": "sbr_core.cli.work:cancel",
+    "login": "sbr_core.cli.admin:login",
+    "logout": "sbr_core.cli.admin:logout",
+    "destination": "sbr_core.cli.admin:destination",
+    "provider": "sbr_core.cli.admin:provider",
+    "inventory": "sbr_core.cli.admin:inventory",
+    "instances": "sbr_core.cli.admin:instances",
+    "policy": "sbr_core.cli.admin:policy",
 }
 
 

@@ -38,6 +38,9 @@ EXCLUSIVE_KINDS = frozenset({"backup", "snapshot"})
 ACTIVE_STATES = ("pending", "running", "cancelling")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 MAX_LOG_LINE = 4000
+#: Someone is waiting for a restore: it goes before scheduled backups (policies 0-100,
+#: 50 by default).
+RESTORE_PRIORITY = 90
 
 
 @attrs.frozen
@@ -210,8 +213,14 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
     with claim_transaction(db):
         task = held_task(task_id, node, attempt)
         workflow = Workflow.get_by_id(task.workflow_id)
-        Task.update(state=state, result=dict(result or {}), error=error[:MAX_LOG_LINE],
-                    finished_at=now, lease_expires_at=None).where(Task.id == task.id).execute()
+        changes: dict[Any, Any] = {Task.state: state, Task.result: dict(result or {}),
+                                   Task.error: error[:MAX_LOG_LINE], Task.finished_at: now,
+                                   Task.lease_expires_at: None}
+        if state == "succeeded":  # a task shorter than a heartbeat never reported its end
+            changes[Task.progress_done] = pw.Case(
+                None, [(Task.progress_total > Task.progress_done, Task.progress_total)],
+                Task.progress_done)
+        Task.update(changes).where(Task.id == task.id).execute()
         _append_log(task.id, log, now)
         if state == "succeeded" and workflow.kind == "backup" and task.step == "store":
             _record_backup(workflow, dict(result or {}), now)

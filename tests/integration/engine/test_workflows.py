@@ -81,7 +81,9 @@ def test_a_backup_runs_export_then_store_on_one_node_and_lands_in_the_catalog(
     assert backup.platform_state == {"k": 1} and backup.instance_id == instance.id
     assert Workflow.get_by_id(flow.id).state == "succeeded"
     assert [r.message for r in TaskLog.select()] == ["listing"]
-    assert Task.get_by_id(got.task_id).progress_done == 5
+    exported = Task.get_by_id(got.task_id)
+    assert (exported.progress_done, exported.progress_total) == (10, 10), \
+        "a task that succeeded shows all of its work done"
 
 
 def test_an_instance_is_never_queued_twice_while_one_backup_is_pending(

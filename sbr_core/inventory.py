@@ -1,0 +1,85 @@
+"""The inventory in the catalog: what a provider connection sees, stored as ``Instance`` rows.
+
+A sync asks the provider for its instances and upserts them by (connection, external id),
+so an instance keeps its id, and with it its backups and policies, across renames. One the
+platform no longer lists is marked ``present = False``, never deleted: its backups stay
+restorable, and it comes back as the same row if it reappears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import peewee as pw
+
+from sbr_core.db.schema import Instance as InstanceRow
+from sbr_core.db.schema import ProviderConnection, utcnow
+from sbr_core.models import Instance
+
+
+@attrs.frozen
+class SyncResult:
+    """What a sync changed: rows added, rows whose details changed (or that came back),
+    rows that were the same, and rows no longer listed."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    vanished: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+def row_values(instance: Instance) -> dict[str, Any]:
+    """The columns an inventory item fills (disks, NICs and sizes go into ``attributes``)."""
+    attributes = dict(instance.attributes)
+    if instance.cpus:
+        attributes.setdefault("cpus", instance.cpus)
+    if instance.memory_bytes:
+        attributes.setdefault("memory_bytes", instance.memory_bytes)
+    if instance.disks:
+        attributes.setdefault("disks", [attrs.asdict(d) for d in instance.disks])
+    if instance.nics:
+        attributes.setdefault("nics", [attrs.asdict(n) for n in instance.nics])
+    return {"name": instance.name[:255], "kind": instance.kind[:32],
+            "state": instance.state.value, "location": instance.location[:255],
+            "tags": list(instance.tags), "attributes": attributes}
+
+
+def sync(db: pw.Database, connection: ProviderConnection,
+         instances: Iterable[Instance]) -> SyncResult:
+    """Store what ``connection`` lists now, in one transaction (see the module doc)."""
+    listed: dict[str, Instance] = {}
+    for item in instances:  # an id listed twice: the last one wins
+        listed[str(item.external_id)[:255]] = item
+    now = utcnow()
+    added = updated = unchanged = vanished = 0
+    with db.atomic():
+        existing = {row.external_id: row for row in
+                    InstanceRow.select().where(InstanceRow.connection == connection.id)}
+        for external_id, item in listed.items():
+            values = row_values(item)
+            row = existing.get(external_id)
+            if row is None:
+                InstanceRow.create(connection=connection, external_id=external_id,
+                                   present=True, first_seen_at=now, last_seen_at=now,
+                                   **values)
+                added += 1
+                continue
+            same = row.present and all(getattr(row, key) == value
+                                       for key, value in values.items())
+            InstanceRow.update(present=True, last_seen_at=now, **values) \
+                .where(InstanceRow.id == row.id).execute()
+            if same:
+                unchanged += 1
+            else:
+                updated += 1
+        gone = [row.id for external_id, row in existing.items()
+                if external_id not in listed and row.present]
+        if gone:
+            vanished = (InstanceRow.update(present=False)
+                        .where(InstanceRow.id.in_(gone)).execute())
+    return SyncResult(added=added, updated=updated, unchanged=unchanged, vanished=vanished)

@@ -1,0 +1,308 @@
+"""The admin REST API for work: backups, restores and the task list (``/api/v1``).
+
+Reads need ``view``; starting a backup or a restore and cancelling need ``operate``. A task
+here is a workflow (a backup's export and store together): ``/tasks/ID`` takes a workflow
+id and shows its steps. Every bad request is a 400 whose message names the field; an
+unknown id in the path is a 404; a clash with the current state is a 409.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+import flask_login
+from flask import Blueprint, current_app, jsonify, request
+
+from sbr_core import audit
+from sbr_core.db.schema import Backup, Destination, Instance, Policy, Workflow
+from sbr_core.engine import views, workflows
+from sbr_core.errors import ConfigError, ConflictError, NotFoundError
+from sbr_web.auth import require_permission
+
+blueprint = Blueprint("work_api", __name__, url_prefix="/api/v1")
+
+MAX_LIMIT = 1000
+#: The largest id either database stores (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+TASK_STATES: dict[str, tuple[str, ...]] = {
+    "active": workflows.ACTIVE_STATES, "finished": workflows.FINISHED_STATES,
+    "all": workflows.ACTIVE_STATES + workflows.FINISHED_STATES,
+}
+
+
+def _engine() -> dict[str, Any]:
+    engine: dict[str, Any] = current_app.extensions["sbr"]
+    return engine
+
+
+def _actor() -> str:
+    return str(flask_login.current_user.username)
+
+
+# --- what the request says ----------------------------------------------------------------
+
+
+def _body(subject: str, allowed: Iterable[str]) -> dict[str, Any]:
+    """The JSON object sent; ConfigError names a body that is not one, and unknown fields."""
+    if not request.get_data():
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ConfigError(subject, {"body": "must be a JSON object"})
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ConfigError(subject, {str(name): "unknown field" for name in unknown})
+    return body
+
+
+def _args(subject: str, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters, each once; unknown ones are refused by name."""
+    problems = {name: "unknown parameter" for name in sorted(set(request.args) - set(allowed))}
+    problems.update({name: "given more than once" for name in request.args
+                     if len(request.args.getlist(name)) > 1})
+    if problems:
+        raise ConfigError(subject, problems)
+    return {name: request.args[name] for name in request.args}
+
+
+def _whole(value: str, name: str, *, low: int = 0, high: int | None = None) -> int:
+    """A whole number from a URL (path or query); 400 naming ``name`` otherwise."""
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ConfigError("invalid request", {name: f"must be a whole number, not {value!r}"})
+    number = int(text) if len(text) <= 20 else MAX_ID + 1
+    high = MAX_ID if high is None else high
+    if number < low or number > high:
+        shown = text if len(text) <= 20 else text[:20] + "…"
+        raise ConfigError("invalid request", {name: f"must be from {low} to {high}, not {shown}"})
+    return number
+
+
+def _flag(args: dict[str, str], name: str) -> bool:
+    value = args.get(name, "0").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError("invalid request", {name: f"must be 1 or 0, not {args[name]!r}"})
+
+
+def _paging(args: dict[str, str], default: int = 100) -> tuple[int, int | None]:
+    limit = _whole(args["limit"], "limit", low=1, high=MAX_LIMIT) if "limit" in args \
+        else default
+    before = _whole(args["before"], "before", low=1) if "before" in args else None
+    return limit, before
+
+
+def _instances(ref: object, field: str = "instance") -> list[Instance]:
+    """The instances ``ref`` names: a JSON number is an id; text is a name, or an id when
+    no instance has that name. 400 naming ``field`` when it names none."""
+    found: list[Instance] = []
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        if not 1 <= ref <= MAX_ID:
+            raise ConfigError("invalid request", {field: f"no instance {ref}"})
+        found = list(Instance.select().where(Instance.id == ref))
+    elif isinstance(ref, str) and ref.strip():
+        found = list(Instance.select().where(Instance.name == ref).order_by(Instance.id))
+        text = ref.strip()
+        if not found and text.isascii() and text.isdigit() and len(text) <= 18:
+            found = list(Instance.select().where(Instance.id == int(text)))
+    else:
+        raise ConfigError("invalid request", {field: "must be an instance id or name"})
+    if not found:
+        raise ConfigError("invalid request", {field: f"no instance {ref!r}"})
+    return found
+
+
+def _one_instance(ref: object) -> Instance:
+    found = _instances(ref)
+    if len(found) > 1:
+        ids = ", ".join(str(i.id) for i in found)
+        raise ConfigError("invalid request", {
+            "instance": f"{ref!r} names {len(found)} instances (ids {ids}); give the id"})
+    return found[0]
+
+
+def _destination(name: object) -> Destination:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("invalid request", {"destination": "must be a destination name"})
+    row: Destination | None = Destination.get_or_none(Destination.name == name)
+    if row is None:
+        raise ConfigError("invalid request", {"destination": f"no destination {name!r}"})
+    return row
+
+
+def _backup(raw_id: str) -> Backup:
+    backup_id = _whole(raw_id, "id", low=1)
+    rows = list(views.backup_query().where(Backup.id == backup_id))
+    if not rows:
+        raise NotFoundError(f"backup: no backup {backup_id}")
+    row: Backup = rows[0]
+    return row
+
+
+def _workflow(raw_id: str) -> Workflow:
+    workflow_id = _whole(raw_id, "id", low=1)
+    row: Workflow | None = Workflow.get_or_none(Workflow.id == workflow_id)
+    if row is None:
+        raise NotFoundError(f"task: no task {workflow_id}")
+    return row
+
+
+def _created(workflow: Workflow) -> Any:
+    response = jsonify(views.workflow_detail(workflow))
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/tasks/{workflow.id}"
+    return response
+
+
+# --- backups ------------------------------------------------------------------------------
+
+
+@blueprint.route("/backups", methods=["POST"])
+@require_permission("operate")
+def start_backup() -> Any:
+    """Start a backup now: ``{instance, destination?, full?}``. Without a destination, the
+    one of the instance's backup policy with the highest priority."""
+    body = _body("backup request", ("instance", "destination", "full"))
+    if "instance" not in body:
+        raise ConfigError("backup request", {"instance": "required (an instance id or name)"})
+    full = body.get("full", False)
+    if not isinstance(full, bool):
+        raise ConfigError("backup request", {"full": "must be true or false"})
+    instance = _one_instance(body["instance"])
+    chosen = views.backup_policy(instance)
+    policy: Policy | None = chosen[0] if chosen is not None else None
+    if body.get("destination") is not None:
+        destination = _destination(body["destination"])
+        if chosen is not None and chosen[1].id != destination.id:
+            policy = None  # a backup outside the policy: its retention does not apply
+    elif chosen is None:
+        raise ConfigError("backup request", {
+            "destination": f"required: instance {instance.name!r} has no enabled backup "
+                           "policy with a destination"})
+    else:
+        destination = chosen[1]
+    engine = _engine()
+    workflow = workflows.create_workflow(
+        engine["db"], "backup", instance=instance, policy=policy,
+        params={"destination_id": destination.id, "full": full},
+        requested_by=_actor(), host=engine["host"])
+    audit.record("backup.start", actor=_actor(), target=instance.name,
+                 detail={"workflow_id": workflow.id, "instance_id": instance.id,
+                         "destination": destination.name, "full": full,
+                         "policy": policy.name if policy is not None else None},
+                 remote_addr=request.remote_addr or "")
+    return _created(workflow)
+
+
+@blueprint.route("/backups", methods=["GET"])
+@require_permission("view")
+def list_backups() -> Any:
+    """Catalog rows, newest first: ``?instance=`` (id or name), ``?destination=``,
+    ``?all=1`` (also backups that are not complete), ``?limit=``/``?before=ID``."""
+    args = _args("backup list", ("instance", "destination", "all", "limit", "before"))
+    limit, before = _paging(args)
+    query = views.backup_query().limit(limit)
+    if "instance" in args:
+        query = query.where(Backup.instance.in_([i.id for i in _instances(args["instance"])]))
+    if "destination" in args:
+        query = query.where(Backup.destination == _destination(args["destination"]).id)
+    if not _flag(args, "all"):
+        query = query.where(Backup.state == "complete")
+    if before is not None:
+        query = query.where(Backup.id < before)
+    return jsonify([views.backup_json(row) for row in query])
+
+
+@blueprint.route("/backups/<raw_id>", methods=["GET"])
+@require_permission("view")
+def get_backup(raw_id: str) -> Any:
+    """One catalog row."""
+    _args("backup", ())
+    return jsonify(views.backup_json(_backup(raw_id)))
+
+
+@blueprint.route("/backups/<raw_id>/restore", methods=["POST"])
+@require_permission("operate")
+def start_restore(raw_id: str) -> Any:
+    """Restore a backup's files on a node: ``{to: absolute path, include?: path}``
+    (``include``: only that path of the backup, and all below it)."""
+    backup = _backup(raw_id)
+    body = _body("restore request", ("to", "include"))
+    problems: dict[str, str] = {}
+    target = body.get("to")
+    if target is None:
+        problems["to"] = "required (an absolute path on the node)"
+    elif not isinstance(target, str) or not posixpath.isabs(target) or "\0" in target:
+        problems["to"] = f"must be an absolute path on the node, not {target!r}"
+    include = body.get("include", "")
+    if include is None:
+        include = ""
+    if not isinstance(include, str) or "\0" in include:
+        problems["include"] = "must be a path in the backup (text)"
+    if problems:
+        raise ConfigError("restore request", problems)
+    if backup.state != "complete":
+        raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
+    engine = _engine()
+    workflow = workflows.create_workflow(
+        engine["db"], "restore", instance=None,
+        params={"backup_id": backup.id, "path": target, "include": include},
+        requested_by=_actor(), host=engine["host"],
+        priority=workflows.RESTORE_PRIORITY)
+    audit.record("restore.start", actor=_actor(), target=backup.instance.name,
+                 detail={"workflow_id": workflow.id, "backup_id": backup.id, "to": target,
+                         "include": include},
+                 remote_addr=request.remote_addr or "")
+    return _created(workflow)
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+
+@blueprint.route("/tasks", methods=["GET"])
+@require_permission("view")
+def list_tasks() -> Any:
+    """Workflows newest first: ``?state=active|finished|all`` (all by default),
+    ``?limit=``/``?before=ID``."""
+    args = _args("task list", ("state", "limit", "before"))
+    state = args.get("state", "all")
+    if state not in TASK_STATES:
+        raise ConfigError("task list", {"state": f"must be one of {', '.join(TASK_STATES)}, "
+                                                 f"not {state!r}"})
+    limit, before = _paging(args)
+    query = (Workflow.select().where(Workflow.state.in_(TASK_STATES[state]))
+             .order_by(Workflow.id.desc()).limit(limit))
+    if before is not None:
+        query = query.where(Workflow.id < before)
+    return jsonify(views.workflows_json(query))
+
+
+@blueprint.route("/tasks/<raw_id>", methods=["GET"])
+@require_permission("view")
+def get_task(raw_id: str) -> Any:
+    """A workflow with every task and its log; ``?after=LOG_ID`` for the lines after."""
+    args = _args("task", ("after",))
+    after = _whole(args["after"], "after") if "after" in args else 0
+    return jsonify(views.workflow_detail(_workflow(raw_id), log_after=after))
+
+
+@blueprint.route("/tasks/<raw_id>/cancel", methods=["POST"])
+@require_permission("operate")
+def cancel_task(raw_id: str) -> Any:
+    """Cancel a workflow: what has not started is cancelled now, a running step unwinds."""
+    workflow = _workflow(raw_id)
+    _body("cancel request", ())
+    engine = _engine()
+    state = workflows.cancel_workflow(engine["db"], workflow.id)
+    audit.record("task.cancel", actor=_actor(), target=f"task {workflow.id}",
+                 detail={"workflow_id": workflow.id, "kind": workflow.kind, "state": state},
+                 remote_addr=request.remote_addr or "")
+    if state == "cancelled":
+        engine["events"].workflow_ended(workflow.id)
+    return jsonify(views.workflow_detail(Workflow.get_by_id(workflow.id)))
