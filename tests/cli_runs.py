@@ -76,3 +76,14 @@ def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float = 3
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"server did not answer within {timeout:.0f} s")
+
+
+def terminate(process: subprocess.Popen[str]) -> None:
+    """Stop a server or node gently, and for good if it does not stop within 30 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

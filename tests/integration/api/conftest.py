@@ -43,7 +43,7 @@ import pytest
 
 from sbr_core import accounts
 from sbr_core.cli.api_client import ApiClient
-from tests.cli_runs import SBR, free_port, sbr, wait_for_server
+from tests.cli_runs import SBR, free_port, sbr, terminate, wait_for_server
 
 PASSWORD = "a long password"
 USERS = {"admin": "admin", "operator": "operator", "viewer": "viewer"}
@@ -127,11 +127,6 @@ def api_server(tmp_path: Path, database: Any, database_url: str) -> Iterator[Api
             raise AssertionError(f"{exc}; server output:\n{log.read_text()}") from None
         yield ApiServer(url, env, data, database)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         text = log.read_text()
         assert "Traceback" not in text, text

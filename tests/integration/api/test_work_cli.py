@@ -18,7 +18,7 @@ import pytest
 
 from sbr_core.db.schema import Backup, Workflow
 from sbr_core.engine import nodes
-from tests.cli_runs import SBR, as_json, ok, one_line_error, sbr
+from tests.cli_runs import SBR, as_json, ok, one_line_error, sbr, terminate
 from tests.integration.api.conftest import ApiServer
 from tests.integration.api.test_work_api import make_site
 
@@ -87,12 +87,7 @@ def node(api_server: ApiServer, site: dict[str, Any], tmp_path: Path) -> Iterato
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         assert "Traceback" not in log.read_text(), log.read_text()
 
 
