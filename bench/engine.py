@@ -45,9 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import repo_report  # noqa: E402 - after the path set-up above
 
+from tests.cli_runs import SBR, free_port, terminate, wait_for_server  # noqa: E402
+
 START = "<!-- bench:engine:start -->"
 END = "<!-- bench:engine:end -->"
-SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
 
 
 # ----------------------------------------------------------------------------- database
@@ -199,18 +200,17 @@ def bench_claims(url: str, nodes: int, env: dict[str, str]) -> dict[str, Any]:
         tokens.append(token)
     _close(db)
     total = _requeue(url)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*SBR, "server", "--port", str(port), "--no-local-node",
                                "--tick", "3600", "--threads", "8"],
                               env={**env, "SBR_DATABASE_URL": url},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
+        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
         http_s, http_claimed = _run_nodes(
             _http_node, [(f"http://127.0.0.1:{port}", token) for token in tokens])
     finally:
-        server.terminate()
-        server.communicate(timeout=30)
+        terminate(server)
     _requeue(url)
     db_s, db_claimed = _run_nodes(_db_node, [(url, f"bench{i}") for i in range(nodes)])
     return {"tasks": total, "http_s": http_s, "http_claimed": len(http_claimed),
@@ -245,7 +245,7 @@ def bench_overhead(url: str, workflows_n: int, env: dict[str, str], workdir: Pat
     instance = Instance.create(connection=connection, external_id=str(share), name="empty",
                                kind="share")
     _, token = node_rows.add_node("overhead", concurrency=1)
-    port = _free_port()
+    port = free_port()
     run_env = {**env, "SBR_DATABASE_URL": url}
     server = subprocess.Popen([*SBR, "server", "--port", str(port), "--no-local-node",
                                "--tick", "3600"], env=run_env,
@@ -253,7 +253,7 @@ def bench_overhead(url: str, workflows_n: int, env: dict[str, str], workdir: Pat
     node = None
     times: list[float] = []
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
+        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
         node = subprocess.Popen([*SBR, "node", "--server", f"http://127.0.0.1:{port}",
                                  "--token", token, "--poll", "0.1",
                                  "--staging-dir", str(workdir / "stage")], env=run_env,
@@ -276,8 +276,7 @@ def bench_overhead(url: str, workflows_n: int, env: dict[str, str], workdir: Pat
     finally:
         for process in (node, server):
             if process is not None:
-                process.terminate()
-                process.communicate(timeout=30)
+                terminate(process)
         _close(db)
     return {"n": len(times), "median_s": statistics.median(times),
             "p90_s": sorted(times)[int(len(times) * 0.9) - 1] if len(times) >= 2 else times[0],
@@ -285,29 +284,6 @@ def bench_overhead(url: str, workflows_n: int, env: dict[str, str], workdir: Pat
 
 
 # ----------------------------------------------------------------------------- plumbing
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_server(url: str, process: subprocess.Popen[str]) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.communicate()[1]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - loopback
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not answer within 60 s")
-
 
 def run_database(kind: str, url: str, args: argparse.Namespace, workdir: Path
                  ) -> dict[str, Any]:

@@ -9,13 +9,12 @@ the other is expected.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from datetime import timedelta
 from typing import Any
 
-from sbr_core.db.schema import ApiToken, User, utcnow
+from sbr_core.bearer import mint, token_digest
+from sbr_core.db.schema import ApiToken, Role, User, utcnow
 from sbr_core.errors import AuthError, NotFoundError, UsageError
 
 TOKEN_PREFIX = "sbru_"  # noqa: S105 - marks user API tokens, not a secret
@@ -24,11 +23,6 @@ MAX_LIFETIME_DAYS = 3650
 #: ``last_used_at`` is written at most this often, so reads stay reads.
 _TOUCH_EVERY = timedelta(minutes=1)
 _MAX_NAME = 100
-
-
-def hash_token(token: str) -> str:
-    """The SHA-256 (hex) that is stored for ``token``."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_token(user: User, *, name: str = "", days: int | None = DEFAULT_LIFETIME_DAYS
@@ -42,21 +36,23 @@ def create_token(user: User, *, name: str = "", days: int | None = DEFAULT_LIFET
                              or not 1 <= days <= MAX_LIFETIME_DAYS):
         raise UsageError(f"expires_in_days: must be a whole number from 1 to "
                          f"{MAX_LIFETIME_DAYS}")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token, digest = mint(TOKEN_PREFIX)
     now = utcnow()
-    row = ApiToken.create(user=user, name=name, token_hash=hash_token(token), created_at=now,
+    row = ApiToken.create(user=user, name=name, token_hash=digest, created_at=now,
                           expires_at=now + timedelta(days=days) if days else None)
     return row, token
 
 
-def authenticate(token: str) -> User:
-    """The active user a token belongs to; AuthError for anything else (not a user token,
-    unknown, revoked, expired, user disabled)."""
+def authenticate(token: str) -> ApiToken:
+    """The token's row, its user (with the role) read in the same query, when the token
+    is good and its user active; AuthError for anything else (not a user token, unknown,
+    revoked, expired, user disabled)."""
     if not token.startswith(TOKEN_PREFIX):
         raise AuthError("not an API token (sbru_…); get one with `sbr login` or "
                         "POST /api/v1/tokens")
-    digest = hash_token(token)
-    row: ApiToken | None = ApiToken.get_or_none(ApiToken.token_hash == digest)
+    digest = token_digest(token)
+    row: ApiToken | None = (ApiToken.select(ApiToken, User, Role).join(User).join(Role)
+                            .where(ApiToken.token_hash == digest).first())
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise AuthError("unknown API token")
     if row.revoked:
@@ -64,12 +60,11 @@ def authenticate(token: str) -> User:
     now = utcnow()
     if row.expires_at is not None and row.expires_at <= now:
         raise AuthError("this API token has expired")
-    user: User | None = User.get_or_none(User.id == row.user_id)
-    if user is None or not user.active:
+    if not row.user.active:
         raise AuthError("the user of this API token is disabled")
     if row.last_used_at is None or now - row.last_used_at >= _TOUCH_EVERY:
         ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
-    return user
+    return row
 
 
 def get_token(token_id: int) -> ApiToken:
@@ -106,11 +101,3 @@ def describe(row: ApiToken) -> dict[str, Any]:
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() + "Z" if moment is not None else None
-
-
-def find(token: str) -> ApiToken | None:
-    """The row of a token, whatever its state; None when it is not one of ours."""
-    if not token.startswith(TOKEN_PREFIX):
-        return None
-    found: ApiToken | None = ApiToken.get_or_none(ApiToken.token_hash == hash_token(token))
-    return found

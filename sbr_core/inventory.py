@@ -3,7 +3,8 @@
 A sync asks the provider for its instances and upserts them by (connection, external id),
 so an instance keeps its id, and with it its backups and policies, across renames. One the
 platform no longer lists is marked ``present = False``, never deleted: its backups stay
-restorable, and it comes back as the same row if it reappears.
+restorable, and it comes back as the same row if it reappears. Every sync re-evaluates the
+policies' membership rules, in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import peewee as pw
 
 from sbr_core.db.schema import Instance as InstanceRow
 from sbr_core.db.schema import ProviderConnection, utcnow
+from sbr_core.engine.scheduler import refresh_membership
 from sbr_core.models import Instance
 
 
@@ -56,7 +58,8 @@ def sync(db: pw.Database, connection: ProviderConnection,
     for item in instances:  # an id listed twice: the last one wins
         listed[str(item.external_id)[:255]] = item
     now = utcnow()
-    added = updated = unchanged = vanished = 0
+    added = updated = vanished = 0
+    seen: list[int] = []
     with db.atomic():
         existing = {row.external_id: row for row in
                     InstanceRow.select().where(InstanceRow.connection == connection.id)}
@@ -69,17 +72,22 @@ def sync(db: pw.Database, connection: ProviderConnection,
                                    **values)
                 added += 1
                 continue
-            same = row.present and all(getattr(row, key) == value
-                                       for key, value in values.items())
+            if row.present and all(getattr(row, key) == value
+                                   for key, value in values.items()):
+                seen.append(row.id)  # only last_seen_at changes: one UPDATE for them all
+                continue
             InstanceRow.update(present=True, last_seen_at=now, **values) \
                 .where(InstanceRow.id == row.id).execute()
-            if same:
-                unchanged += 1
-            else:
-                updated += 1
+            updated += 1
+        unchanged = len(seen)
+        for chunk in range(0, len(seen), 500):
+            InstanceRow.update(last_seen_at=now).where(
+                InstanceRow.id.in_(seen[chunk:chunk + 500])).execute()
         gone = [row.id for external_id, row in existing.items()
                 if external_id not in listed and row.present]
         if gone:
             vanished = (InstanceRow.update(present=False)
                         .where(InstanceRow.id.in_(gone)).execute())
+        # Policies' rules are re-evaluated on every inventory refresh (issue 4).
+        refresh_membership(db)
     return SyncResult(added=added, updated=updated, unchanged=unchanged, vanished=vanished)

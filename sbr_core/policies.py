@@ -39,8 +39,9 @@ from sbr_core.db.schema import (
     utcnow,
 )
 from sbr_core.engine.rules import MembershipRule, parse_rules
+from sbr_core.engine.scheduler import refresh_membership
 from sbr_core.engine.schedules import Schedule as ScheduleSpec
-from sbr_core.engine.schedules import parse_schedule
+from sbr_core.engine.schedules import parse_schedule, stored_schedule
 from sbr_core.errors import ConfigError, ConflictError, NotFoundError
 from sbr_core.repository.retention import parse_retention
 
@@ -284,6 +285,7 @@ def save_policy(db: pw.Database, spec: PolicySpec, *, existing: Policy | None = 
                 policy = Policy.get_by_id(existing.id)
             _set_schedules(policy, spec.schedules)
             set_explicit_members(policy, spec.instance_ids)
+            refresh_membership(db, [policy])  # its rule members, at once
     except pw.IntegrityError:
         raise ConflictError(f"name: a policy named {spec.name!r} already exists") from None
     stored: Policy = Policy.get_by_id(policy.id)  # as the database keeps it (its precision)
@@ -351,9 +353,7 @@ def _schedule_spec(row: Schedule) -> ScheduleSpec | None:
     """The stored schedule as a value; None for one that cannot be read (the scheduler
     disables such a schedule)."""
     try:
-        return parse_schedule({"kind": row.kind, "expression": row.expression,
-                               "window_minutes": row.window_minutes,
-                               "timezone": row.timezone}, field=f"schedule {row.id}")
+        return stored_schedule(row, field=f"schedule {row.id}")
     except ConfigError:
         return None
 

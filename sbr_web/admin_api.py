@@ -27,7 +27,6 @@ from sbr_core.db.schema import (
     Workflow,
 )
 from sbr_core.db.schema import Destination as DestinationRow
-from sbr_core.engine.scheduler import refresh_membership
 from sbr_core.engine.workflows import ACTIVE_STATES
 from sbr_core.errors import (
     ConfigError,
@@ -398,17 +397,10 @@ def sync_inventory(name: str) -> Any:
             raise UsageError(f"provider {name!r} ({row.plugin}) has no inventory")
         found = list(listing())
     result = inventory.sync(_db(), row, found)
-    _refresh_membership()
     present = Instance.select().where((Instance.connection == row.id)
                                       & (Instance.present == True)).count()  # noqa: E712
     _audit("inventory.sync", name, result.to_dict())
     return jsonify(provider=name, present=present, **result.to_dict())
-
-
-def _refresh_membership(selected: list[Policy] | None = None) -> None:
-    """Bring the rule members of ``selected`` (all policies by default) up to date now,
-    rather than at the scheduler's next pass."""
-    refresh_membership(_db(), selected)
 
 
 # --- instances ----------------------------------------------------------------------------
@@ -491,7 +483,6 @@ def add_policy() -> Any:
     if Policy.get_or_none(Policy.name == spec.name) is not None:
         raise ConflictError(f"name: a policy named {spec.name!r} already exists")
     policy = policies.save_policy(_db(), spec)
-    _refresh_membership([policy])
     _audit("policy.add", policy.name, policies.policy_document(policy))
     return jsonify(policies.describe_policy(policy)), 201
 
@@ -513,7 +504,6 @@ def update_policy(name: str) -> Any:
     document = {**policies.policy_document(policy), **body}
     spec = policies.parse_policy(document, subject=f"policy {name!r}")
     policy = policies.save_policy(_db(), spec, existing=policy)
-    _refresh_membership([policy])
     _audit("policy.update", name, {"changed": sorted(body)})
     return jsonify(policies.describe_policy(policy))
 

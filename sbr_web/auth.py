@@ -112,7 +112,8 @@ def init_app(app: Flask) -> None:
         except AuthError as exc:
             g.sbr_auth_error = str(exc)
             return None
-        return WebUser(row)
+        g.sbr_token_id = row.id  # for "current" (``sbr logout``) and the token list
+        return WebUser(row.user)
 
     @login_manager.unauthorized_handler
     def _unauthorized() -> Any:
@@ -293,6 +294,5 @@ def revoke_token(token_ref: str) -> Any:
 
 
 def _current_token_id() -> int | None:
-    token = bearer_token()
-    row = apitokens.find(token) if token else None
-    return row.id if row is not None else None
+    token_id: int | None = g.get("sbr_token_id")
+    return token_id

@@ -7,6 +7,8 @@ import secrets
 
 from flask import Flask, abort, request, session
 
+from sbr_web.auth import bearer_token
+
 _FIELD = "csrf_token"
 
 
@@ -30,15 +32,11 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _check() -> None:
-        if request.method in ("GET", "HEAD", "OPTIONS") or request.is_json or _bearer():
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.is_json \
+                or bearer_token() is not None:
             return
         sent = request.form.get(_FIELD, "") or request.headers.get("X-CSRF-Token", "")
         expected = session.get(_FIELD, "")
         if not expected or not hmac.compare_digest(sent, expected):
             abort(400, description="the form expired or did not come from this site; "
                                    "reload the page and try again")
-
-
-def _bearer() -> bool:
-    scheme, _, _ = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify
 
 from sbr_core.engine import claims, nodes, workflows
 from sbr_core.engine.orders import work_order
 from sbr_core.errors import AuthError, UsageError
+from sbr_web.auth import bearer_token
 from sbr_web.errors import json_body
 
 blueprint = Blueprint("node_api", __name__, url_prefix="/api/v1/node")
@@ -23,12 +24,11 @@ log = logging.getLogger(__name__)
 
 @blueprint.before_request
 def _authenticate() -> Any:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token()
+    if not token:
         return jsonify(error="a node token is required (Authorization: Bearer …)"), 401
     try:
-        g.node = nodes.authenticate(token.strip())
+        g.node = nodes.authenticate(token)
     except AuthError as exc:
         return jsonify(error=str(exc)), 401
     return None

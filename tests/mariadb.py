@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pymysql
+
+from tests.cli_runs import free_port
 
 _SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 USER = "sbr"
@@ -25,13 +26,6 @@ def _find(name: str) -> str | None:
         (str(Path(d) / name) for d in _SEARCH if (Path(d) / name).exists()), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PrivateMariaDB:
     """Starts, hands out databases on, and stops one mariadbd."""
 
@@ -39,7 +33,7 @@ class PrivateMariaDB:
         self.base = base
         self.datadir = base / "data"
         self.socket = base / "mysqld.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._counter = 0
 

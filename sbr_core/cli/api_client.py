@@ -1,8 +1,8 @@
 """The admin CLI's side of the REST API: JSON over HTTP with a user's bearer token.
 
-Standard library only (urllib), like the node's client. ``sbr login`` saves the server URL
-and a token to ``$XDG_CONFIG_HOME/sbr/credentials.json`` (mode 0600); ``$SBR_SERVER`` and
-``$SBR_TOKEN`` override what is saved, so scripts need no file.
+Standard library only (:mod:`sbr_core.httpjson`), like the node's client. ``sbr login``
+saves the server URL and a token to ``$XDG_CONFIG_HOME/sbr/credentials.json`` (mode
+0600); ``$SBR_SERVER`` and ``$SBR_TOKEN`` override what is saved, so scripts need no file.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from sbr_core.errors import SbrError, UsageError
+from sbr_core.httpjson import NoAnswer, NotJson, Refused, call_json
 
 API_PREFIX = "/api/v1"
 NOT_LOGGED_IN = "not logged in: run `sbr login --server URL`"
@@ -101,49 +100,30 @@ def request_json(server: str, method: str, path: str, body: Any = None, *,
                  token: str | None = None, timeout: float = 30.0) -> Any:
     """One API call: ``method`` on ``server`` + ``/api/v1`` + ``path``; the parsed JSON
     answer (None when empty). ApiError for refusals and unreachable servers."""
-    url = check_server_url(server) + API_PREFIX + path
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - scheme checked
-                                 headers=headers)
+    server = check_server_url(server)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
+        return call_json(server + API_PREFIX + path, method, body, token=token,
+                         timeout=timeout)[1]
+    except Refused as exc:
         raise _refusal(exc) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ApiError(f"cannot reach the server at {check_server_url(server)}: {reason}") \
-            from None
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ApiError(f"the server at {check_server_url(server)} did not answer with JSON "
+    except NoAnswer as exc:
+        raise ApiError(f"cannot reach the server at {server}: {exc}") from None
+    except NotJson:
+        raise ApiError(f"the server at {server} did not answer with JSON "
                        f"({method} {path}); is it an SBR server?", status=502) from None
 
 
-def _refusal(exc: urllib.error.HTTPError) -> ApiError:
-    try:
-        answer = json.loads(exc.read())
-        message = str(answer.get("error", "")) if isinstance(answer, dict) else ""
-    except (ValueError, OSError):
-        message = ""
-    if exc.code == 401:
+def _refusal(exc: Refused) -> ApiError:
+    message = exc.message
+    if exc.status == 401:
         return ApiError(f"{message or 'authentication required'}: run `sbr login`",
                         status=401)
-    if exc.code == 403:
+    if exc.status == 403:
         return ApiError(f"permission denied: {message or 'your role does not allow this'}",
                         status=403)
-    if exc.code == 404 and not message:
+    if exc.status == 404 and not message:
         message = f"not found: {exc.url}"
-    return ApiError(message or f"the server answered HTTP {exc.code}", status=exc.code)
+    return ApiError(message or f"the server answered HTTP {exc.status}", status=exc.status)
 
 
 class ApiClient:

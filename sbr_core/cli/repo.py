@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from sbr_core.cli.output import size
 from sbr_core.errors import UsageError
 from sbr_core.operation import Operation
 
@@ -123,14 +124,6 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console().print(table)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 @click.group()
 @click.option("--key-file", type=click.Path(dir_okay=False),
               help="Open the repository with this exported key instead of its own.")
@@ -183,8 +176,8 @@ def _backup_summary(manifest: Any, seconds: float) -> dict[str, Any]:
 
 def _print_backup(summary: dict[str, Any]) -> None:
     click.echo(f"backup {summary['backup_id'][:8]} of {summary['name']!r} done in "
-               f"{summary['seconds']:.1f} s: read {_size(summary['bytes_read'])}, new "
-               f"{_size(summary['bytes_new'])}, stored {_size(summary['stored_new'])}")
+               f"{summary['seconds']:.1f} s: read {size(summary['bytes_read'])}, new "
+               f"{size(summary['bytes_new'])}, stored {size(summary['stored_new'])}")
 
 
 @repo.command("backup-image")
@@ -277,8 +270,8 @@ def list_backups(dest: str, name: str | None, as_json: bool) -> None:
     _emit(as_json, data, lambda: _table(
         f"{len(data)} backup(s)", ["id", "name", "kind", "created", "size", "new stored"],
         [[d["backup_id"][:8], d["name"], d["kind"], d["created"][:19].replace("T", " "),
-          _size(d["size"]),
-          _size(d["stored_new"])] for d in data]))
+          size(d["size"]),
+          size(d["stored_new"])] for d in data]))
 
 
 @repo.command()
@@ -342,7 +335,7 @@ def verify(dest: str, backup_ids: tuple[str, ...], as_json: bool) -> None:
 
     def human() -> None:
         click.echo(f"checked {report.backups_checked} backup(s), {report.packs_checked} "
-                   f"pack(s), {report.blobs_checked} chunk(s), {_size(report.bytes_read)}")
+                   f"pack(s), {report.blobs_checked} chunk(s), {size(report.bytes_read)}")
         for key, problem in report.damaged_index.items():
             click.echo(f"damaged index {key}: {problem}")
         for pack, problem in report.damaged_packs.items():
@@ -411,7 +404,7 @@ def gc(dest: str, wait: float, as_json: bool) -> None:
 
     def human() -> None:
         click.echo(f"gc: {report.phase}; deleted {report.packs_deleted} pack(s) "
-                   f"({_size(report.bytes_deleted)}), repacked {report.packs_repacked}")
+                   f"({size(report.bytes_deleted)}), repacked {report.packs_repacked}")
         if report.waiting_for:
             click.echo("waiting for: " + ", ".join(report.waiting_for) + " — run gc again "
                        "when they have finished")
@@ -439,8 +432,8 @@ def stats(dest: str, as_json: bool) -> None:
     }
     _emit(as_json, data, lambda: _table("repository", ["", "value"], [
         ["backups", data["backups"]], ["names", data["names"]], ["packs", data["packs"]],
-        ["stored", _size(data["stored_bytes"])], ["unique data", _size(data["unique_bytes"])],
-        ["backed up (logical)", _size(data["backed_up_bytes"])],
+        ["stored", size(data["stored_bytes"])], ["unique data", size(data["unique_bytes"])],
+        ["backed up (logical)", size(data["backed_up_bytes"])],
         ["encryption", data["encryption"]]]))
 
 

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from sbr_core.cli.api_client import ApiClient, ApiError
+from sbr_core.cli.output import size
 from sbr_core.errors import SbrError, TaskCancelled, UsageError
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -40,15 +41,6 @@ class WorkflowFailed(SbrError):
 
 
 # --- formatting ---------------------------------------------------------------------------
-
-
-def _size(value: Any) -> str:
-    number = float(value or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(number) < 1024 or unit == "TiB":
-            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
-        number /= 1024
-    return f"{number:.1f} PiB"  # not reached
 
 
 def _duration(seconds: Any) -> str:
@@ -71,7 +63,7 @@ def _time(value: str | None) -> str:
 
 
 def _speed(value: Any) -> str:
-    return f"{_size(value)}/s" if value else ""
+    return f"{size(value)}/s" if value else ""
 
 
 def _whole(value: str, name: str) -> int:
@@ -101,7 +93,7 @@ def _progress_text(current: dict[str, Any] | None) -> tuple[str, str, str]:
         return "", "", ""
     progress = current.get("progress") or {}
     percent = progress.get("percent")
-    return (f"{percent:.0f}%" if percent is not None else _size(progress.get("done")),
+    return (f"{percent:.0f}%" if percent is not None else size(progress.get("done")),
             _speed(progress.get("speed")), _duration(progress.get("eta_seconds")))
 
 
@@ -131,12 +123,15 @@ def _poll(client: ApiClient, workflow_id: int, after: int) -> dict[str, Any]:
 
 
 def _follow(client: ApiClient, workflow_id: int,
-            on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+            on_update: Callable[[dict[str, Any]], None], *,
+            first: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll until the workflow ends; ``on_update`` sees each answer (with only the new log
-    lines). Returns the last answer."""
+    lines), starting with ``first`` when the caller already has it. Returns the last
+    answer."""
     after = 0
     while True:
-        detail = _poll(client, workflow_id, after)
+        detail = first if first is not None else _poll(client, workflow_id, after)
+        first = None
         on_update(detail)
         if detail["log"]:
             after = detail["log"][-1]["id"]
@@ -178,7 +173,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
             eta = progress.get("eta_seconds")
             bar.update(row, description=f"{current['step']}{state}", completed=done,
                        total=total or None,
-                       amount=f"{_size(done)} of {_size(total)}" if total else _size(done),
+                       amount=f"{size(done)} of {size(total)}" if total else size(done),
                        speed=_speed(progress.get("speed")),
                        eta=f"ETA {_duration(eta)}" if eta is not None else "")
 
@@ -206,16 +201,16 @@ def _outcome(detail: dict[str, Any]) -> str:
     backup = detail.get("backup")
     if backup:
         return (f"{head} succeeded: backup {backup['id']} ({backup['kind']}), "
-                f"{_size(backup['bytes_logical'])} read, {_size(backup['bytes_stored'])} "
+                f"{size(backup['bytes_logical'])} read, {size(backup['bytes_stored'])} "
                 "stored")
     figures = (detail["tasks"][-1].get("result") or {}) if detail.get("tasks") else {}
     if "files" in figures:
         return (f"{head} succeeded: {figures['files']} files, "
-                f"{_size(figures.get('bytes', 0))}")
+                f"{size(figures.get('bytes', 0))}")
     return f"{head} succeeded"
 
 
-def _started(flow: dict[str, Any], *, wait: bool, as_json: bool) -> None:
+def _started(client: ApiClient, flow: dict[str, Any], *, wait: bool, as_json: bool) -> None:
     """After creating a workflow: print it, or wait for it and print how it ended."""
     if not wait:
         if as_json:
@@ -226,7 +221,7 @@ def _started(flow: dict[str, Any], *, wait: bool, as_json: bool) -> None:
         return
     if not as_json:
         click.echo(f"task {flow['id']}: {_what(flow)} started")
-    detail = _wait(_client(), flow["id"])
+    detail = _wait(client, flow["id"])
     if as_json:
         _print_json(detail)
         _outcome(detail)
@@ -250,7 +245,8 @@ def backup(instance: str, destination: str | None, full: bool, wait: bool,
     body: dict[str, Any] = {"instance": instance, "full": full}
     if destination is not None:
         body["destination"] = destination
-    _started(_client().post("/backups", body), wait=wait, as_json=as_json)
+    client = _client()
+    _started(client, client.post("/backups", body), wait=wait, as_json=as_json)
 
 
 @click.command("backups")
@@ -272,7 +268,7 @@ def backups(instance: str | None, destination: str | None, show_all: bool, limit
     for row in rows:
         table.add_row(str(row["id"]), escape(row["instance"]), escape(row["destination"]),
                       row["kind"], row["state"], _time(row["finished_at"]),
-                      _size(row["bytes_logical"]), _size(row["bytes_stored"]),
+                      size(row["bytes_logical"]), size(row["bytes_stored"]),
                       escape(row["policy"] or ""))
     Console().print(table)
 
@@ -291,7 +287,9 @@ def restore(backup_id: str, target: str, include: str, wait: bool, as_json: bool
     body: dict[str, Any] = {"to": target}
     if include:
         body["include"] = include
-    _started(_client().post(f"/backups/{number}/restore", body), wait=wait, as_json=as_json)
+    client = _client()
+    _started(client, client.post(f"/backups/{number}/restore", body), wait=wait,
+             as_json=as_json)
 
 
 def _tasks_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -358,8 +356,8 @@ def _show_task(detail: dict[str, Any], console: Console) -> None:
                   "Error", box=box.SIMPLE_HEAD)
     for task in detail["tasks"]:
         progress = task["progress"]
-        amount = (f"{progress['percent']:.0f}% of {_size(progress['total'])}"
-                  if progress.get("percent") is not None else _size(progress["done"]))
+        amount = (f"{progress['percent']:.0f}% of {size(progress['total'])}"
+                  if progress.get("percent") is not None else size(progress["done"]))
         table.add_row(task["step"], task["state"], escape(task["node"] or ""),
                       f"{task['attempts']}/{task['max_attempts']}",
                       amount if progress["done"] or task["state"] == "running" else "",
@@ -388,15 +386,15 @@ def task(task_id: str, follow: bool, as_json: bool) -> None:
         raise UsageError("--follow: cannot be combined with --json")
     client = _client()
     console = Console()
+    # One look: a server that does not answer is an error now (only following waits).
+    first: dict[str, Any] = client.get(f"/tasks/{number}", after=0)
     if as_json:
-        detail = _poll(client, number, 0)
-        lines = list(detail["log"])
+        detail, lines = first, list(first["log"])
         while detail.get("log_more"):
-            detail = _poll(client, number, lines[-1]["id"])
+            detail = client.get(f"/tasks/{number}", after=lines[-1]["id"])
             lines += detail["log"]
         _print_json({**detail, "log": lines, "log_more": False})
         return
-    first = _poll(client, number, 0)
     _show_task(first, console)
     if not follow:
         _print_log(first["log"], console)
@@ -404,7 +402,8 @@ def task(task_id: str, follow: bool, as_json: bool) -> None:
             console.print(f"(more log lines: `sbr task {number} --json`)")
         return
     try:
-        last = _follow(client, number, lambda detail: _print_log(detail["log"], console))
+        last = _follow(client, number, lambda detail: _print_log(detail["log"], console),
+                       first=first)
     except KeyboardInterrupt:
         return
     click.echo(_outcome(last))

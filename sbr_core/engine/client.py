@@ -1,16 +1,15 @@
 """The node's side of the node API: JSON over HTTP with the node's bearer token.
 
-Standard library only (urllib): a node needs a handful of calls, and no session state.
+Standard library only (:mod:`sbr_core.httpjson`): a node needs a handful of calls, and no
+session state.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from sbr_core.errors import AuthError, LeaseLost, SbrError, UsageError
+from sbr_core.httpjson import NoAnswer, NotJson, Refused, call_json
 
 
 class ServerUnreachable(SbrError):
@@ -28,30 +27,20 @@ class NodeClient:
         self.timeout = timeout
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
-            self.base + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json", "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error", "")
-            except (ValueError, AttributeError, OSError):
-                message = ""
-            message = message or f"HTTP {exc.code}"
-            if exc.code == 401:
+            return call_json(self.base + path, "POST", body, token=self.token,
+                             timeout=self.timeout)
+        except Refused as exc:
+            message = exc.message or f"HTTP {exc.status}"
+            if exc.status == 401:
                 raise AuthError(f"the server refused this node's token: {message}") from None
-            if exc.code == 409:
+            if exc.status == 409:
                 raise LeaseLost(message) from None
-            if exc.code >= 500:
+            if exc.status >= 500:
                 raise ServerUnreachable(f"server error: {message}") from None
             raise UsageError(f"the server refused the request: {message}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServerUnreachable(f"cannot reach the server at {self.base}: {reason}") \
+        except (NoAnswer, NotJson) as exc:
+            raise ServerUnreachable(f"cannot reach the server at {self.base}: {exc}") \
                 from None
 
     def register(self, *, version: str, staging_path: str, free_bytes: int) -> dict[str, Any]:

@@ -59,8 +59,7 @@ def expire_backups(db: pw.Database, *, policies: Iterable[Policy] | None = None,
                 log.error("policy %r: retention cannot be read (%s); nothing expires",
                           policy.name, exc)
                 continue
-            if not any(getattr(rules, name) for name in
-                       ("last", "daily", "weekly", "monthly", "yearly", "within_days")):
+            if not rules.any():
                 continue  # no rules keep everything
             query = (Backup.select(Backup.id, Backup.instance, Backup.finished_at,
                                    Backup.started_at)

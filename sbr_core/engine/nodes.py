@@ -6,25 +6,20 @@ enough for a random secret of that size). Revoking a node refuses its token from
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-import secrets
 from collections.abc import Iterable
 from typing import Any
 
 import peewee as pw
 
+from sbr_core.bearer import mint, token_digest
 from sbr_core.db.schema import Node, utcnow
 from sbr_core.engine.claims import parse_affinity
 from sbr_core.errors import AuthError, NotFoundError, UsageError
 
 TOKEN_PREFIX = "sbrn_"  # noqa: S105 - marks node tokens, not a secret
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def validate_affinity(values: Iterable[str]) -> list[str]:
@@ -47,9 +42,9 @@ def add_node(name: str, *, concurrency: int = 2, affinity: Iterable[str] = ()
                          "(up to 100 characters)")
     if not 1 <= concurrency <= 64:
         raise UsageError(f"concurrency: must be from 1 to 64, not {concurrency}")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token, digest = mint(TOKEN_PREFIX)
     try:
-        node = Node.create(name=name, token_hash=hash_token(token), concurrency=concurrency,
+        node = Node.create(name=name, token_hash=digest, concurrency=concurrency,
                            affinity=validate_affinity(affinity), state="new")
     except pw.IntegrityError:
         raise UsageError(f"name: node {name!r} already exists") from None
@@ -59,8 +54,8 @@ def add_node(name: str, *, concurrency: int = 2, affinity: Iterable[str] = ()
 def rotate_token(name: str) -> str:
     """A new token for a node (the old one stops working); un-revokes it."""
     node = get_node(name)
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    Node.update(token_hash=hash_token(token), revoked=False).where(Node.id == node.id).execute()
+    token, digest = mint(TOKEN_PREFIX)
+    Node.update(token_hash=digest, revoked=False).where(Node.id == node.id).execute()
     return token
 
 
@@ -80,7 +75,7 @@ def authenticate(token: str) -> Node:
     """The node a bearer token belongs to; AuthError for unknown or revoked tokens."""
     if not token.startswith(TOKEN_PREFIX):
         raise AuthError("not a node token")
-    digest = hash_token(token)
+    digest = token_digest(token)
     node: Node | None = Node.get_or_none(Node.token_hash == digest)
     if node is None or not hmac.compare_digest(node.token_hash, digest):
         raise AuthError("unknown node token")

@@ -129,10 +129,8 @@ def schedule_pass(db: pw.Database, *, host: PluginHost | None = None,
     fired: dict[int, Policy] = {}
     for row in due_rows:
         try:
-            parsed = schedules.parse_schedule(
-                {"kind": row.kind, "expression": row.expression,
-                 "window_minutes": row.window_minutes, "timezone": row.timezone},
-                field=f"policy {row.policy.name!r} schedule {row.id}")
+            parsed = schedules.stored_schedule(
+                row, field=f"policy {row.policy.name!r} schedule {row.id}")
             run, next_run = schedules.due(parsed, _as_utc(row.next_run_at), now_utc)
         except ConfigError as exc:
             report.broken.append(f"policy {row.policy.name!r}, schedule {row.id}: {exc}")

@@ -156,6 +156,14 @@ def parse_schedule(data: Mapping[str, Any] | str, *, field: str = "schedule") ->
                     timezone=str(timezone))
 
 
+def stored_schedule(row: Any, *, field: str = "schedule") -> Schedule:
+    """The schedule a database row (``kind``, ``expression``, ``window_minutes``,
+    ``timezone``) holds; ConfigError if it cannot be read."""
+    return parse_schedule({"kind": row.kind, "expression": row.expression,
+                           "window_minutes": row.window_minutes, "timezone": row.timezone},
+                          field=field)
+
+
 def next_fire_after(schedule: Schedule, after: datetime) -> datetime:
     """The first time the schedule fires strictly after ``after``, in UTC.
 

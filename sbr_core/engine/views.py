@@ -24,8 +24,6 @@ from sbr_core.db.schema import (
     TaskLog,
     Workflow,
 )
-from sbr_core.engine import rules
-from sbr_core.errors import SbrError
 
 #: Log lines one call hands back at most; ``more`` says that another call (``after=``) has more.
 LOG_PAGE = 1000
@@ -72,29 +70,20 @@ def backup_json(row: Backup) -> dict[str, Any]:
 
 def backup_policy(instance: Instance) -> tuple[Policy, Destination] | None:
     """The enabled backup policy with a destination that protects ``instance`` with the
-    highest priority, the oldest winning a tie; with its destination. A member is one the
-    engine stored (explicit, or by rule at the last refresh) or one its rules match now, so
-    an instance found a moment ago already has its policy."""
-    stored = {_ref(p, "policy") for p in
-                PolicyInstance.select(PolicyInstance.policy).where(
-                    PolicyInstance.instance == instance.id)}
-    view = rules.InstanceView(name=instance.name, tags=tuple(instance.tags or ()),
-                              location=instance.location,
-                              provider=instance.connection.name)
-    candidates = (Policy.select(Policy, Destination)
-                  .join(Destination, on=(Policy.destination == Destination.id))
-                  .where((Policy.kind == "backup") & (Policy.enabled == True))  # noqa: E712
-                  .order_by(Policy.priority.desc(), Policy.id))
-    for policy in candidates:
-        try:
-            chosen = policy.id in stored or rules.matches(rules.parse_rules(policy.rules),
-                                                             view)
-        except SbrError:  # a stored rule the admin must fix matches nothing
-            chosen = False
-        destination: Destination | None = policy.destination
-        if chosen and destination is not None:
-            return policy, destination
-    return None
+    highest priority, the oldest winning a tie; with its destination. Members are the
+    stored ones: rules are re-evaluated when a policy is saved and on every inventory
+    sync, so an instance found a moment ago already has its policy."""
+    policy: Policy | None = (
+        Policy.select(Policy, Destination)
+        .join(Destination, on=(Policy.destination == Destination.id))
+        .switch(Policy)
+        .join(PolicyInstance, on=(PolicyInstance.policy == Policy.id))
+        .where((PolicyInstance.instance == instance.id) & (Policy.kind == "backup")
+               & (Policy.enabled == True))  # noqa: E712
+        .order_by(Policy.priority.desc(), Policy.id).first())
+    if policy is None or policy.destination is None:
+        return None
+    return policy, policy.destination
 
 
 # --- workflows and tasks ------------------------------------------------------------------
