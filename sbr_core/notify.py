@@ -385,17 +385,18 @@ class Notifications:
                 for _ in batch:
                     self._queue.task_done()
             if batch[-1] is None:
+                # The worker kept its database connection from one batch to the next
+                # (peewee's are per thread): a new one per batch cost a MariaDB handshake
+                # for every backup the server told about.
+                if database_proxy.obj is not None:
+                    close_database(database_proxy.obj)
                 return
 
     def _send(self, events: list[tuple[Event, float]]) -> None:
         notifications = [n for n in (build_notification(e, at) for e, at in events) if n]
         if not notifications:
             return
-        try:
-            notifiers = self._load()
-        finally:
-            if database_proxy.obj is not None:  # peewee keeps one connection per thread
-                close_database(database_proxy.obj)
+        notifiers = self._load()
         try:
             for notification in notifications:
                 deliver(notification, notifiers, retry=self._retry, wait=self._stop.wait)

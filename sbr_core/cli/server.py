@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import errno
 import logging
+import os
+import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +19,9 @@ from sbr_core.cli.context import database, plugin_host, runtime
 from sbr_core.engine.claims import Timing
 from sbr_core.engine.service import EngineLoop, standard_passes
 from sbr_core.errors import UsageError
+
+if TYPE_CHECKING:
+    import peewee as pw
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +31,11 @@ log = logging.getLogger(__name__)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               help="TCP port to listen on.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Worker threads serving requests.")
+              help="Threads serving requests, in each worker process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes serving requests on the one port. The first also runs the "
+                   "engine (schedules, leases, retention) and the local node; more of them "
+                   "let the node API use more than one CPU.")
 @click.option("--no-local-node", is_flag=True,
               help="Do not run a node inside the server: only `sbr node` processes work.")
 @click.option("--tick", "tick_seconds", default=30.0, show_default=True,
@@ -35,40 +47,115 @@ log = logging.getLogger(__name__)
 @click.option("--retry-delay", "retry_seconds", default=30.0, show_default=True,
               type=click.FloatRange(0, 3600),
               help="Seconds before a lost task's first retry (doubling, at most 10 minutes).")
-def server(host: str, port: int, threads: int, no_local_node: bool,
+def server(host: str, port: int, threads: int, workers: int, no_local_node: bool,
            tick_seconds: float, lease_seconds: float, retry_seconds: float) -> None:
     """Run the SBR server (web UI, REST API). Migrates the database schema on start."""
-    import waitress
-
-    from sbr_core import accounts, notify
-    from sbr_web import create_app
+    from sbr_core import accounts
 
     rt = runtime()
     rt.ensure_data_dir()
     db = database(upgrade=True)
     password_file = accounts.ensure_initial_admin(rt.initial_password_file)
-    app = create_app(runtime=rt, db=db, host=plugin_host())
     listener = _bind(host, port)
     click.echo(f"SBR server on http://{host}:{port}/ (database {rt.database_url.safe()})")
     if password_file:
         click.echo(f"first start: user 'admin' was created; its password is in {password_file}")
     logging.getLogger().setLevel(logging.INFO)
-    notifications = notify.install(app.extensions["sbr"]["host"],
-                                   box=app.extensions["sbr"]["box"])
     timing = Timing(lease=dt.timedelta(seconds=lease_seconds),
                     retry_base=dt.timedelta(seconds=retry_seconds))
+    # Every process opens its own database connection: a forked worker must not share
+    # this one's socket. Forking happens before any thread starts.
+    db.close()
+    children: list[int] = []
+    if workers > 1:
+        # Each process listens on a socket of its own (SO_REUSEPORT) and the kernel spreads
+        # new connections over them. One shared socket would not spread the load: nodes keep
+        # their connections open, and whichever process won the race to accept them would
+        # serve them all.
+        listener.close()
+        listener = _bind(host, port, reuse_port=True)
+        children = [_fork_worker(lambda: _serve(db, _bind(host, port, reuse_port=True),
+                                                threads, timing), close=listener)
+                    for _ in range(workers - 1)]
+    try:
+        _serve(db, listener, threads, timing, engine_ticks=tick_seconds,
+               local_node=None if no_local_node else (host, port))
+    finally:
+        for pid in children:
+            _stop_worker(pid)
+
+
+def _serve(db: pw.Database, listener: socket.socket, threads: int, timing: Timing, *,
+           engine_ticks: float | None = None,
+           local_node: tuple[str, int] | None = None) -> None:
+    """One serving process: the app, its notifications, and (in the first) the engine."""
+    import waitress
+
+    from sbr_core import notify
+    from sbr_web import create_app
+
+    rt = runtime()
+    app = create_app(runtime=rt, db=db, host=plugin_host())
     app.extensions["sbr"]["timing"] = timing
-    engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=tick_seconds,
-                        passes=standard_passes(db, app.extensions["sbr"]["host"]),
-                        timing=timing)
-    engine.start()
-    if not no_local_node:
-        _start_local_node(host, port, rt.data_dir / "staging")
+    notifications = notify.install(app.extensions["sbr"]["host"],
+                                   box=app.extensions["sbr"]["box"])
+    engine = None
+    if engine_ticks is not None:
+        engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=engine_ticks,
+                            passes=standard_passes(db, app.extensions["sbr"]["host"]),
+                            timing=timing)
+        engine.start()
+    if local_node is not None:
+        _start_local_node(*local_node, rt.data_dir / "staging")
     try:
         waitress.serve(app, sockets=[listener], threads=threads, ident="sbr")
     finally:
-        engine.stop()
+        if engine is not None:
+            engine.stop()
         notifications.close(10.0)
+
+
+def _fork_worker(serve: Callable[[], None], *, close: socket.socket) -> int:
+    """A child process that serves until it is told to stop or its parent dies; ``close``
+    is the parent's listener, which the child must not hold open."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        close.close()
+        _die_with_parent()
+        serve()
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        log.exception("server worker %d failed", os.getpid())
+        code = 1
+    finally:
+        os._exit(code)  # never run the parent's clean-up (it is the parent's)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM when the parent exits, even by SIGKILL (Linux)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("this system cannot tie a worker's life to the server's")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
+
+
+def _stop_worker(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 LOCAL_NODE = "local"
@@ -97,11 +184,17 @@ def _start_local_node(host: str, port: int, staging_dir: Path) -> None:
     threading.Thread(target=agent.run, name="sbr-local-node", daemon=True).start()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind before serving, so a taken port is one clear error, not a traceback."""
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind before serving, so a taken port is one clear error, not a traceback.
+
+    The first bind is always without ``reuse_port``, so that it fails while another server
+    listens there, even one whose workers share the port among themselves.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -188,6 +188,7 @@ class Task(BaseModel):
     node_id: int | None
     attempts = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField(default=3)
+    priority = pw.IntegerField(default=50)  # migration 6: the workflow's, for claim order
     not_before = pw.DateTimeField(null=True)
     lease_expires_at = pw.DateTimeField(null=True)
     progress_done = pw.BigIntegerField(default=0)
@@ -201,6 +202,7 @@ class Task(BaseModel):
     finished_at = pw.DateTimeField(null=True)
 
     class Meta:
+        # and migration 6's task_claim_order: (state, priority DESC, id), the claim's order
         indexes = ((("state", "not_before"), False),)
 
 

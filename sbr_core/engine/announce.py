@@ -32,29 +32,30 @@ class Announcer:
 
     def task_finished(self, task_id: int, state: str, node_name: str,
                       finished: Finished) -> None:
-        instance_name = ""
-        if finished.instance_id is not None:
-            instance_name = Instance.select(Instance.name).where(
-                Instance.id == finished.instance_id).scalar() or ""
         self.host.emit(TaskEvent(task_id=task_id, workflow_id=finished.workflow_id,
                                  kind=finished.kind, state=state,
-                                 instance_name=instance_name, node_name=node_name,
+                                 instance_name=finished.instance_name, node_name=node_name,
                                  error=finished.error))
-        if finished.workflow_state is not None:
-            self.workflow_ended(finished.workflow_id)
+        if finished.workflow is not None:
+            self._workflow_ended(finished.workflow, finished.instance_name, finished.backup)
 
     def workflow_ended(self, workflow_id: int) -> None:
+        """Tell how a backup workflow ended, reading it afresh (a cancel, a reaped task)."""
         workflow = Workflow.get_by_id(workflow_id)
+        backup = Backup.get_or_none(Backup.workflow == workflow.id) \
+            if workflow.state == "succeeded" else None
+        self._workflow_ended(workflow, _instance_name(workflow), backup)
+
+    def _workflow_ended(self, workflow: Workflow, instance_name: str,
+                        backup: Backup | None) -> None:
         if workflow.kind != "backup" or workflow.instance_id is None:
             return
-        destination = Destination.get_or_none(
-            Destination.id == (workflow.params or {}).get("destination_id"))
+        destination_name = Destination.select(Destination.name).where(
+            Destination.id == (workflow.params or {}).get("destination_id")).scalar()
         base: dict[str, Any] = {
-            "instance_name": _instance_name(workflow),
-            "destination_name": destination.name if destination is not None else "",
+            "instance_name": instance_name, "destination_name": destination_name or "",
             "workflow_id": workflow.id}
         if workflow.state == "succeeded":
-            backup = Backup.get_or_none(Backup.workflow == workflow.id)
             if backup is not None:
                 seconds = (backup.finished_at - workflow.created_at).total_seconds() \
                     if backup.finished_at else 0.0

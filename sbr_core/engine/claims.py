@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import peewee as pw
 
+from sbr_core.db.retry import retry_on_lock_conflict
 from sbr_core.db.schema import Node, Task, TaskLog, Workflow, utcnow
 
 LEASE = dt.timedelta(seconds=60)
@@ -75,6 +76,7 @@ def claim_transaction(db: pw.Database) -> Any:
     return db.atomic()
 
 
+@retry_on_lock_conflict
 def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None,
           timing: Timing = DEFAULT_TIMING) -> Claim | None:
     """Give ``node`` the oldest task it may run, or None. Atomic on both databases."""
@@ -83,19 +85,12 @@ def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None,
         running = Task.select().where((Task.node == node) & (Task.state == "running")).count()
         if running >= node.concurrency:
             return None
-        query = (Task.select(Task.id, Task.attempts, Task.workflow, Task.step)
-                 .join(Workflow, on=(Task.workflow == Workflow.id))
-                 .where((Task.state == "queued")
-                        & (Task.not_before.is_null() | (Task.not_before <= now))
-                        & (Task.node.is_null() | (Task.node == node))
-                        & _placement(node))
-                 .order_by(Workflow.priority.desc(), Task.id).limit(1))
-        if not isinstance(db, pw.SqliteDatabase):  # SQLite has no row locks: BEGIN IMMEDIATE
-            query = query.for_update("FOR UPDATE SKIP LOCKED")  # type: ignore[arg-type]
-        rows = list(query)
-        if not rows:
+        ready = ((Task.state == "queued")
+                 & (Task.not_before.is_null() | (Task.not_before <= now))
+                 & (Task.node.is_null() | (Task.node == node)))
+        task = _first_eligible(db, ready, _placement(node))
+        if task is None:
             return None
-        task = rows[0]
         attempt = task.attempts + 1
         changed = (Task.update(state="running", node=node, attempts=attempt,
                                lease_expires_at=now + timing.lease,
@@ -107,6 +102,41 @@ def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None,
         Workflow.update(state="running").where(
             (Workflow.id == task.workflow_id) & (Workflow.state == "pending")).execute()
         return Claim(task.id, attempt, task.workflow_id, task.step)
+
+
+CANDIDATES = 8  # tasks a MariaDB claim tries to lock, in order, before reading again
+
+
+def _first_eligible(db: pw.Database, ready: Any, placement: Any) -> Task | None:
+    """The first task by priority, then age, that is ``ready`` (conditions on the task row)
+    and whose workflow matches ``placement``, locked for this transaction; None when there
+    is none (or, on MariaDB, every one is being claimed).
+
+    SQLite: one query; ``BEGIN IMMEDIATE`` already holds every other writer off.
+    MariaDB: a plain read names the first few candidates, then each task row alone is
+    locked by its key with ``FOR UPDATE SKIP LOCKED`` until one is free (a workflow's
+    provider and location never change, so its placement needs no lock). Locking in the
+    ordered read itself fails whenever MariaDB plans it with a filesort (the plan depends
+    on the data): the sort then ends at the first locked row and returns nothing, so every
+    claimer but one went away empty-handed while work was queued.
+    """
+    columns = (Task.id, Task.attempts, Task.workflow, Task.step)
+    ordered = (Task.select(*columns).join(Workflow, on=(Task.workflow == Workflow.id))
+               .where(ready & placement).order_by(Task.priority.desc(), Task.id))
+    if isinstance(db, pw.SqliteDatabase):
+        first: Task | None = ordered.first()
+        return first
+    for _ in range(3):
+        candidates = [row.id for row in ordered.limit(CANDIDATES)]
+        for task_id in candidates:
+            locked: Task | None = (Task.select(*columns).where((Task.id == task_id) & ready)
+                                   .for_update("FOR UPDATE SKIP LOCKED")  # type: ignore[arg-type]
+                                   .first())
+            if locked is not None:
+                return locked
+        if len(candidates) < CANDIDATES:
+            return None  # every eligible task was taken by another claim meanwhile
+    return None
 
 
 def parse_affinity(values: Any) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -151,6 +181,7 @@ def _matches(providers: frozenset[str], clusters: tuple[str, ...]) -> Any:
     return condition
 
 
+@retry_on_lock_conflict
 def renew(db: pw.Database, task_id: int, node: Node, attempt: int, *,
           now: dt.datetime | None = None, timing: Timing = DEFAULT_TIMING) -> bool:
     """Extend the lease of a task ``node`` holds; False when it no longer holds it."""
@@ -168,6 +199,7 @@ def retry_delay(attempt: int) -> dt.timedelta:
     return DEFAULT_TIMING.retry_delay(attempt)
 
 
+@retry_on_lock_conflict
 def reap(db: pw.Database, *, now: dt.datetime | None = None,
          timing: Timing = DEFAULT_TIMING) -> list[Reaped]:
     """Take back every running task whose lease ran out: queue it again after a backoff,

@@ -1,7 +1,7 @@
 """The node's side of the node API: JSON over HTTP with the node's bearer token.
 
-Standard library only (:mod:`sbr_core.httpjson`): a node needs a handful of calls, and no
-session state.
+Standard library only (:mod:`sbr_core.httpjson`): a node needs a handful of calls, over a
+connection kept open per thread.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sbr_core.errors import AuthError, LeaseLost, SbrError, UsageError
-from sbr_core.httpjson import NoAnswer, NotJson, Refused, call_json
+from sbr_core.httpjson import JsonSession, NoAnswer, NotJson, Refused
 
 
 class ServerUnreachable(SbrError):
@@ -23,13 +23,11 @@ class NodeClient:
         if not server_url.startswith(("http://", "https://")):
             raise UsageError(f"server: {server_url!r} is not an http:// or https:// URL")
         self.base = server_url.rstrip("/") + "/api/v1/node"
-        self.token = token
-        self.timeout = timeout
+        self.session = JsonSession(self.base, token=token, timeout=timeout)
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
-            return call_json(self.base + path, "POST", body, token=self.token,
-                             timeout=self.timeout)
+            return self.session.call("POST", path, body)
         except Refused as exc:
             message = exc.message or f"HTTP {exc.status}"
             if exc.status == 401:

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import peewee as pw
 
+from sbr_core.db.retry import retry_on_lock_conflict
 from sbr_core.db.schema import Backup, Instance, Node, Policy, Task, TaskLog, Workflow, utcnow
 from sbr_core.engine import expiry
 from sbr_core.engine.claims import DEFAULT_TIMING, Claim, Timing, claim_transaction
@@ -55,6 +56,10 @@ class Finished:
     kind: str = ""  # "workflow.step", as TaskEvent names it
     instance_id: int | None = None
     error: str = ""
+    instance_name: str = ""
+    #: Once the workflow ended: its row as it now stands, and the backup it recorded.
+    workflow: Workflow | None = None
+    backup: Backup | None = None
 
 
 def plan_steps(kind: str, host: PluginHost | None) -> list[tuple[str, bool]]:
@@ -96,6 +101,7 @@ def create_workflow(db: pw.Database, kind: str, *, instance: Instance | None = N
     return created[0]
 
 
+@retry_on_lock_conflict
 def create_workflows(db: pw.Database, kind: str, instances: Sequence[Instance | None], *,
                      policy: Policy | None = None, requested_by: str = "",
                      params: Mapping[str, Any] | None = None, priority: int | None = None,
@@ -139,6 +145,7 @@ def create_workflows(db: pw.Database, kind: str, instances: Sequence[Instance | 
             tasks.extend(
                 {"workflow": workflow.id, "step": name, "seq": seq,
                  "state": "queued" if seq == 0 else "waiting", "max_attempts": max_attempts,
+                 "priority": priority,
                  "params": {"always_run": always_run} if always_run else {}}
                 for seq, (name, always_run) in enumerate(steps))
         for chunk in range(0, len(tasks), 500):
@@ -156,8 +163,12 @@ def _lock_instances(db: pw.Database, instance_ids: Sequence[int]) -> None:
 
 
 def held_task(task_id: int, node: Node, attempt: int) -> Task:
-    """The running task ``node`` holds with ``attempt``; LeaseLost otherwise."""
-    task: Task | None = Task.get_or_none(Task.id == task_id)
+    """The running task ``node`` holds with ``attempt``, read with its workflow and the
+    workflow's instance name (one query); LeaseLost otherwise."""
+    task: Task | None = (Task.select(Task, Workflow, Instance.id, Instance.name)
+                         .join(Workflow)
+                         .join(Instance, pw.JOIN.LEFT_OUTER)
+                         .where(Task.id == task_id).first())
     if task is None:
         raise NotFoundError(f"task: no task {task_id}")
     if task.node_id != node.id or task.attempts != attempt or task.state != "running":
@@ -166,6 +177,7 @@ def held_task(task_id: int, node: Node, attempt: int) -> Task:
     return task
 
 
+@retry_on_lock_conflict
 def heartbeat(db: pw.Database, task_id: int, node: Node, attempt: int, *,
               done: int | None = None, total: int | None = None, speed: int | None = None,
               log: Sequence[tuple[str, str]] = (), now: dt.datetime | None = None,
@@ -185,8 +197,7 @@ def heartbeat(db: pw.Database, task_id: int, node: Node, attempt: int, *,
         Task.update(changes).where(Task.id == task.id).execute()
         _append_log(task.id, log, now)
         Node.update(last_seen_at=now, state="online").where(Node.id == node.id).execute()
-        state = Workflow.select(Workflow.state).where(Workflow.id == task.workflow_id).scalar()
-    return bool(state == "cancelling")
+    return bool(task.workflow.state == "cancelling")
 
 
 def _append_log(task_id: int, lines: Sequence[tuple[str, str]], now: dt.datetime) -> None:
@@ -196,6 +207,7 @@ def _append_log(task_id: int, lines: Sequence[tuple[str, str]], now: dt.datetime
         TaskLog.insert_many(rows).execute()
 
 
+@retry_on_lock_conflict
 def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, state: str,
                 result: Mapping[str, Any] | None = None, error: str = "",
                 log: Sequence[tuple[str, str]] = (),
@@ -212,7 +224,8 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
     now = now or utcnow()
     with claim_transaction(db):
         task = held_task(task_id, node, attempt)
-        workflow = Workflow.get_by_id(task.workflow_id)
+        workflow = task.workflow
+        instance = workflow.instance if workflow.instance_id is not None else None
         changes: dict[Any, Any] = {Task.state: state, Task.result: dict(result or {}),
                                    Task.error: error[:MAX_LOG_LINE], Task.finished_at: now,
                                    Task.lease_expires_at: None}
@@ -222,8 +235,9 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
                 Task.progress_done)
         Task.update(changes).where(Task.id == task.id).execute()
         _append_log(task.id, log, now)
+        backup = None
         if state == "succeeded" and workflow.kind == "backup" and task.step == "store":
-            _record_backup(workflow, dict(result or {}), now)
+            backup = _record_backup(workflow, dict(result or {}), now)
             if workflow.policy is not None and workflow.instance_id is not None:
                 # retention runs after each backup
                 expiry.expire_backups(db, policies=[workflow.policy],
@@ -235,7 +249,8 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
             Workflow.update(error=workflow.error).where(Workflow.id == workflow.id).execute()
         told: dict[str, Any] = {"workflow_id": workflow.id,
                                 "kind": f"{workflow.kind}.{task.step}",
-                                "instance_id": workflow.instance_id, "error": error[:MAX_LOG_LINE]}
+                                "instance_id": workflow.instance_id, "error": error[:MAX_LOG_LINE],
+                                "instance_name": instance.name if instance is not None else ""}
         failing = bool(workflow.error) or workflow.state == "cancelling"
         later = list(Task.select().where((Task.workflow == workflow.id)
                                          & (Task.state == "waiting")).order_by(Task.seq))
@@ -255,17 +270,18 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
         else:
             final = "failed" if workflow.error else "succeeded"
         Workflow.update(state=final, finished_at=now).where(Workflow.id == workflow.id).execute()
-        return Finished(None, final, **told)
+        workflow.state, workflow.finished_at = final, now
+        return Finished(None, final, **told, workflow=workflow, backup=backup)
 
 
-def _record_backup(workflow: Workflow, result: dict[str, Any], now: dt.datetime) -> None:
+def _record_backup(workflow: Workflow, result: dict[str, Any], now: dt.datetime) -> Backup:
     try:
         backup_id = str(result["backup_id"])
         destination_id = int(workflow.params["destination_id"])
     except (KeyError, TypeError, ValueError):
         raise UsageError("result: a store result needs backup_id (and the workflow a "
                          "destination)") from None
-    Backup.create(
+    return Backup.create(
         instance=workflow.instance_id, destination=destination_id, policy=workflow.policy_id,
         workflow=workflow.id, repo_backup_id=backup_id,
         kind="full" if result.get("full") else "incremental",
@@ -275,6 +291,7 @@ def _record_backup(workflow: Workflow, result: dict[str, Any], now: dt.datetime)
         platform_state=dict(result.get("platform_state") or {}))
 
 
+@retry_on_lock_conflict
 def cancel_workflow(db: pw.Database, workflow_id: int, *,
                     now: dt.datetime | None = None) -> str:
     """Ask a workflow to stop: tasks not started are cancelled now; a running one learns it

@@ -182,3 +182,26 @@ def test_migration_versions_are_consecutive_from_one() -> None:
     assert [m.version for m in mig.MIGRATIONS] == list(range(1, len(mig.MIGRATIONS) + 1))
     modules = sorted(p.stem for p in MIGRATION_DIR.glob("m[0-9]*.py"))
     assert len(modules) == len(mig.MIGRATIONS), "a migration module is not registered"
+
+
+def test_version_6_gives_each_task_its_workflows_priority(database_url: str) -> None:
+    db = open_database(database_url)
+    try:
+        mig.upgrade(db, target=5)
+        now = "'2026-01-01 00:00:00'"
+        for workflow_id, priority in ((1, 90), (2, 10)):
+            db.execute_sql(
+                "INSERT INTO workflow (id, kind, state, requested_by, params, priority, error, "
+                f"provider_name, location, created_at) VALUES ({workflow_id}, 'backup', "
+                f"'pending', '', '{{}}', {priority}, '', '', '', {now})")
+            db.execute_sql(
+                "INSERT INTO task (workflow_id, step, seq, state, attempts, max_attempts, "
+                "progress_done, progress_total, speed_bps, params, error, created_at) "
+                f"VALUES ({workflow_id}, 'export', 0, 'queued', 0, 3, 0, 0, 0, '{{}}', '', "
+                f"{now})")
+        mig.upgrade(db)
+        rows = db.execute_sql("SELECT workflow_id, priority FROM task ORDER BY workflow_id")
+        assert [tuple(row) for row in rows.fetchall()] == [(1, 90), (2, 10)]
+        assert "task_claim_order" in {index.name for index in db.get_indexes("task")}
+    finally:
+        close_database(db)

@@ -67,6 +67,45 @@ def test_two_nodes_never_claim_one_task_under_contention(database: Any) -> None:
     assert len({name for name, _ in won}) > 1, "contention needs more than one winner"
 
 
+def test_a_claim_made_while_another_holds_its_row_takes_the_next_task(
+        database: Any) -> None:
+    # MariaDB once ordered the claim by the joined workflow's priority: a filesort, after
+    # which SKIP LOCKED found no row at all while another claim was open, so every node but
+    # one went away empty-handed with plenty of work queued.
+    ids = _queue(20)
+    holder, other = _node("holder"), _node("other")
+    held = threading.Event()
+    release = threading.Event()
+    got: dict[str, Any] = {}
+
+    def hold() -> None:
+        try:
+            with database.atomic():
+                got["holder"] = claims.claim(database, holder)
+                held.set()
+                release.wait(30)
+        finally:
+            database.close()
+
+    def claim_other() -> None:
+        try:
+            got["other"] = claims.claim(database, other)
+        finally:
+            database.close()
+
+    holding = threading.Thread(target=hold)
+    holding.start()
+    assert held.wait(30)
+    claiming = threading.Thread(target=claim_other)
+    claiming.start()
+    claiming.join(2)  # MariaDB answers at once; SQLite queues behind the writer
+    release.set()
+    holding.join(30)
+    claiming.join(30)
+    assert got["holder"] is not None and got["holder"].task_id == ids[0]
+    assert got["other"] is not None and got["other"].task_id == ids[1]
+
+
 def test_claim_respects_concurrency_backoff_and_pinning(database: Any) -> None:
     busy = _node("busy", concurrency=1)
     other = _node("other")

@@ -3,15 +3,20 @@ then incremental) into a real repository and restored, on SQLite and MariaDB."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sbr_core import connections
 from sbr_core.db.schema import Backup, Task, TaskLog
 from sbr_core.engine.orders import repository_passphrase
+from sbr_core.providers import ProviderKind
 from tests.engine_site import EngineSite
+from tests.webhooks import receiving_webhooks
 
 
 @pytest.fixture
@@ -60,7 +65,17 @@ def test_a_node_backs_up_a_share_incrementally_and_restores_it(site: EngineSite)
 
 def test_a_failing_backup_fails_its_workflow_with_the_reason(site: EngineSite) -> None:
     site.share.rename(site.tmp / "gone")
-    flow = site.run("backup")
-    assert flow.state == "failed"
-    assert "share1" in flow.error or str(site.share) in flow.error, flow.error
-    assert Backup.select().count() == 0
+    with receiving_webhooks() as hooks:
+        connections.save(ProviderKind.NOTIFIER, "ops-hook", "webhook", {"url": hooks.url},
+                         host=site.host, box=site.box)
+        flow = site.run("backup")
+        assert flow.state == "failed"
+        assert "share1" in flow.error or str(site.share) in flow.error, flow.error
+        assert Backup.select().count() == 0
+        told = json.loads(hooks.wait_for("backup-failed").body)
+        assert told["data"]["instance_name"] == "share1"
+        assert told["data"]["destination_name"] == "disk1"
+        assert told["data"]["error"] == flow.error
+        time.sleep(1)  # anything else would have come by now
+        # the failed export is told once, as the backup's failure, not again as a task's
+        assert hooks.events() == ["backup-failed"]

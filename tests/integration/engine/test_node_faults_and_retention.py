@@ -4,6 +4,7 @@ on SQLite and MariaDB."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -12,12 +13,15 @@ from typing import Any
 
 import pytest
 
+from sbr_core import connections
 from sbr_core.db.schema import Backup, Node, Policy, Task, TaskLog, Workflow
 from sbr_core.engine.orders import repository_passphrase
+from sbr_core.providers import ProviderKind
 from sbr_core.repository import open_repository, restore_tree
 from sbr_core.repository.location import open_destination
 from sbr_core.repository.verify import verify
 from tests.engine_site import EngineSite
+from tests.webhooks import WebhookReceiver, receiving_webhooks
 
 
 @pytest.fixture
@@ -48,6 +52,16 @@ def _wait_for(condition: Any, what: str, explain: Any = None, timeout: float = 6
 
 
 def test_a_node_killed_mid_backup_loses_its_task_to_a_live_node(site: EngineSite) -> None:
+    with receiving_webhooks() as hooks:
+        _killed_mid_backup(site, hooks)
+
+
+def _killed_mid_backup(site: EngineSite, hooks: WebhookReceiver) -> None:
+    # the admins are told through a webhook notifier, which the server reads from the
+    # database when it has something to tell
+    connections.save(ProviderKind.NOTIFIER, "ops-hook", "webhook",
+                     {"url": hooks.url, "on_backup_succeeded": "yes"},
+                     host=site.host, box=site.box)
     site.start_node("doomed")
     earlier = site.run("backup")
     assert earlier.state == "succeeded", earlier.error
@@ -79,6 +93,12 @@ def test_a_node_killed_mid_backup_loses_its_task_to_a_live_node(site: EngineSite
             if r.level == "warning"]
     assert len(lost) == 1 and "node 'doomed' stopped renewing its lease" in lost[0], lost
     assert Node.get(Node.name == "doomed").state == "lost"
+    told = json.loads(hooks.wait_for("node-lost").body)
+    assert told["data"]["node_name"] == "doomed" and told["data"]["tasks_requeued"] == 1
+    succeeded = [json.loads(r.body)["data"] for r in hooks.received
+                 if r.headers.get("x-sbr-event") == "backup-succeeded"]
+    assert [d["instance_name"] for d in succeeded] == ["share1", "share1"]  # never failed
+    assert "backup-failed" not in hooks.events()
 
     # Exactly one backup came of the retried workflow, and the killed attempt left nothing
     # a listing or a restore would see; the earlier backup is whole.

@@ -5,10 +5,8 @@ two bundled notifiers."""
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import ipaddress
 import ssl
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from sbr_core.providers import ProviderContext
 from sbr_core.secretbox import SecretBox, load_or_create_key
 from sbr_plugins.email.notifier import EmailNotifier
 from tests.services import service_unavailable
+from tests.webhooks import WebhookReceiver, receiving_webhooks
 
 SMTP_USER = "sbr-mailer"
 SMTP_PASSWORD = "Mail-Pa55word-for-tests"
@@ -213,50 +212,8 @@ def smtp_server() -> Iterator[StartSmtp]:
 # --- HTTP ----------------------------------------------------------------------------------
 
 
-@attrs.define
-class ReceivedRequest:
-    """One request the test webhook receiver got."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@attrs.define
-class WebhookReceiver:
-    """A running HTTP server; answers ``status`` (and ``extra_headers``) to every POST."""
-
-    url: str
-    received: list[ReceivedRequest]
-    status: int = 204
-    extra_headers: dict[str, str] = attrs.Factory(dict)
-
-
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     """http.server in a thread on 127.0.0.1, on a port the kernel picks."""
-    receiver = WebhookReceiver("", [])
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            receiver.received.append(ReceivedRequest(
-                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(receiver.status)
-            for name, value in receiver.extra_headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep the test output quiet
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/hooks/sbr"
-    yield receiver
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with receiving_webhooks() as receiver:
+        yield receiver

@@ -14,7 +14,7 @@ from sbr_core.config import structure_config
 from sbr_core.events import BackupEvent, TaskEvent
 from sbr_core.providers import ProviderContext
 from sbr_plugins.webhook.notifier import WebhookNotifier
-from tests.integration.notify.conftest import WebhookReceiver
+from tests.webhooks import WebhookReceiver
 
 SHARED_SECRET = "hook-Signing-Secret-42"
 FAILED = BackupEvent(instance_name="db02", destination_name="s3-eu", workflow_id=7,
