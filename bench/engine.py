@@ -32,7 +32,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import repo_report  # noqa: E402 - after the path set-up above
 
-from tests.cli_runs import SBR, free_port, terminate, wait_for_server  # noqa: E402
+from tests.cli_runs import SBR, free_port, spawn_logged, terminate, wait_for_server  # noqa: E402
 
 START = "<!-- bench:engine:start -->"
 END = "<!-- bench:engine:end -->"
@@ -220,13 +219,13 @@ def bench_claims(url: str, nodes: int, env: dict[str, str]) -> dict[str, Any]:
     for workers, threads in SERVER_SHAPES:
         figures["tasks"] = _requeue(url)
         port = free_port()
-        server = subprocess.Popen([*SBR, "server", "--port", str(port), "--no-local-node",
-                                   "--tick", "3600", "--workers", str(workers),
-                                   "--threads", str(threads)],
-                                  env={**env, "SBR_DATABASE_URL": url},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = Path(env["SBR_DATA_DIR"]) / f"claims-server-{workers}x{threads}.log"
+        server = spawn_logged([*SBR, "server", "--port", str(port), "--no-local-node",
+                               "--tick", "3600", "--workers", str(workers),
+                               "--threads", str(threads)],
+                              env={**env, "SBR_DATABASE_URL": url}, log=log)
         try:
-            wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
+            wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server, log=log)
             run = _run_nodes(_http_node,
                              [(f"http://127.0.0.1:{port}", token) for token in tokens])
         finally:
@@ -275,17 +274,17 @@ def bench_overhead(url: str, workflows_n: int, env: dict[str, str], workdir: Pat
     _, token = node_rows.add_node("overhead", concurrency=1)
     port = free_port()
     run_env = {**env, "SBR_DATABASE_URL": url}
-    server = subprocess.Popen([*SBR, "server", "--port", str(port), "--no-local-node",
-                               "--tick", "3600"], env=run_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = workdir / "overhead-server.log"
+    server = spawn_logged([*SBR, "server", "--port", str(port), "--no-local-node",
+                           "--tick", "3600"], env=run_env, log=log)
     node = None
     times: list[float] = []
     try:
-        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server)
-        node = subprocess.Popen([*SBR, "node", "--server", f"http://127.0.0.1:{port}",
-                                 "--token", token, "--poll", "0.1",
-                                 "--staging-dir", str(workdir / "stage")], env=run_env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_server(f"http://127.0.0.1:{port}/api/v1/health", server, log=log)
+        node = spawn_logged([*SBR, "node", "--server", f"http://127.0.0.1:{port}",
+                             "--token", token, "--poll", "0.1",
+                             "--staging-dir", str(workdir / "stage")], env=run_env,
+                            log=workdir / "overhead-node.log")
         for index in range(workflows_n + 1):  # the first creates the repository: not counted
             start = time.perf_counter()
             flow = workflows.create_workflow(

@@ -41,8 +41,8 @@ class JsonSession:
     """Calls under ``base_url`` (http or https: the callers check) over a connection kept
     open per thread."""
 
-    def __init__(self, base_url: str, *, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0,
+                 calls_per_connection: int = 0) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{base_url!r} is not an http:// or https:// URL")
@@ -51,6 +51,10 @@ class JsonSession:
         self._host, self._port = parts.hostname, parts.port
         self._prefix = parts.path.rstrip("/")
         self.token, self.timeout = token, timeout
+        # 0: keep a connection as long as it lasts. A server with several worker processes
+        # gets each new connection from the kernel at random; a client that opens a new one
+        # now and then is spread over them in time, not tied to one for good.
+        self.calls_per_connection = calls_per_connection
         self._local = threading.local()
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -96,7 +100,9 @@ class JsonSession:
             connection.request(method, target, body=data, headers=headers)
             response = connection.getresponse()
         raw = response.read()
-        if response.will_close:
+        self._local.calls = getattr(self._local, "calls", 0) + 1
+        if response.will_close or (self.calls_per_connection
+                                   and self._local.calls >= self.calls_per_connection):
             connection.close()
             self._local.connection = None
         return response.status, raw
@@ -107,7 +113,7 @@ class JsonSession:
         connection.connect()
         # Small requests and answers go out at once, not after the peer's delayed ACK.
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._local.connection = connection
+        self._local.connection, self._local.calls = connection, 0
         return connection
 
     def close(self) -> None:

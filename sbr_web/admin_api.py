@@ -45,7 +45,8 @@ from sbr_web.errors import json_body
 blueprint = Blueprint("admin_api", __name__, url_prefix="/api/v1")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-PROVIDER_KINDS = (ProviderKind.HYPERVISOR, ProviderKind.APPLICATION, ProviderKind.STORAGE)
+PROVIDER_KINDS = (ProviderKind.HYPERVISOR, ProviderKind.APPLICATION, ProviderKind.STORAGE,
+                  ProviderKind.NOTIFIER)
 
 
 def _engine() -> dict[str, Any]:
@@ -119,7 +120,7 @@ def _provider_kind(plugin: str, kind: object) -> ProviderKind:
     several)."""
     if kind is not None:
         choices = {k.value: k for k in PROVIDER_KINDS}
-        if kind not in choices:
+        if not isinstance(kind, str) or kind not in choices:
             raise UsageError(f"kind: must be one of {', '.join(choices)} (got {kind!r})")
         _plugin_class(choices[str(kind)], plugin)
         return choices[str(kind)]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 SBR = [sys.executable, "-c", "from sbr_core.cli import main; main()"]
@@ -64,12 +65,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    """Wait until ``url`` answers; fail with the server's output if it exits first."""
+def spawn_logged(args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """Start a server or node whose output goes to the file ``log``. Never a pipe that is
+    read only at the end: a chatty process (waitress warns of every queued request under
+    load) fills it and then hangs in its next write."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as output:
+        return subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                text=True)
+
+
+def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float = 30, *,
+                    log: Path | None = None) -> None:
+    """Wait until ``url`` answers; fail with the server's output (its stderr pipe, or
+    ``log``) if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.communicate()[1]}")
+            printed = process.communicate()[1] or (log.read_text() if log else "")
+            raise AssertionError(f"server exited: {printed}")
         try:
             urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - http on loopback
             return

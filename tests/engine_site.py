@@ -19,18 +19,13 @@ from sbr_core.engine import nodes, workflows
 from sbr_core.plugins import PluginHost
 from sbr_core.providers import ProviderKind
 from sbr_core.secretbox import SecretBox, load_or_create_key
-from tests.cli_runs import SBR, free_port, wait_for_server
+from tests.cli_runs import SBR, free_port, spawn_logged, terminate, wait_for_server
 
 
-def stop(process: subprocess.Popen[str]) -> str:
-    """Stop a server or node gently; its stderr."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        return process.communicate(timeout=30)[1] or ""
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.communicate()[1] or ""
+def stop(process: subprocess.Popen[str], log: Path) -> str:
+    """Stop a server or node gently (for good after 30 s); what it printed."""
+    terminate(process)
+    return log.read_text()
 
 
 class EngineSite:
@@ -62,29 +57,32 @@ class EngineSite:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: subprocess.Popen[str] | None = None
+        self.server_log = self.tmp / "logs" / "server.log"
+        self._server_starts = 0
         self.nodes: dict[str, subprocess.Popen[str]] = {}
         self._errors: list[str] = []
 
     def start_server(self, *options: str) -> None:
         """``sbr server`` without a local node, ticking every half second."""
-        self.server = subprocess.Popen(
+        self._server_starts += 1
+        self.server_log = self.tmp / "logs" / f"server-{self._server_starts}.log"
+        self.server = spawn_logged(
             [*SBR, "server", "--port", str(self.port), "--no-local-node", "--tick", "0.5",
-             *options], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        wait_for_server(f"{self.url}/api/v1/health", self.server)
+             *options], env=self.env, log=self.server_log)
+        wait_for_server(f"{self.url}/api/v1/health", self.server, log=self.server_log)
 
     def stop_server(self) -> None:
         if self.server is not None:
-            self._errors.append(stop(self.server))
+            self._errors.append(stop(self.server, self.server_log))
             self.server = None
 
     def start_node(self, name: str) -> subprocess.Popen[str]:
         """A new node ``name`` with its own staging directory, polling fast."""
         _, token = nodes.add_node(name)
-        process = subprocess.Popen(
+        process = spawn_logged(
             [*SBR, "node", "--server", self.url, "--token", token, "--poll", "0.2",
              "--heartbeat", "0.5", "--staging-dir", str(self.tmp / f"stage-{name}")],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=self.env, log=self._node_log(name))
         self.nodes[name] = process
         return process
 
@@ -92,7 +90,10 @@ class EngineSite:
         """SIGKILL: no clean-up, no last report."""
         process = self.nodes.pop(name)
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
+        process.wait(timeout=30)
+
+    def _node_log(self, name: str) -> Path:
+        return self.tmp / "logs" / f"node-{name}.log"
 
     def workflow(self, kind: str, **params: Any) -> Workflow:
         """Create a workflow of the share (a backup) or of nothing (a restore)."""
@@ -114,8 +115,8 @@ class EngineSite:
         return self.wait(self.workflow(kind, **params))
 
     def close(self) -> None:
-        for process in self.nodes.values():
-            self._errors.append(stop(process))
+        for name, process in self.nodes.items():
+            self._errors.append(stop(process, self._node_log(name)))
         self.nodes.clear()
         self.stop_server()
         printed = "\n".join(self._errors)

@@ -229,13 +229,14 @@ def destination_remove(name: str, forget_repository: bool) -> None:
 
 
 provider = _connection_group("provider", "/providers", "provider connections")
-provider.help = "Manage provider connections (hypervisors, storage, applications)."
+provider.help = ("Manage provider connections (hypervisors, storage, applications) and "
+                 "notifiers (e-mail, webhook).")
 
 
 @provider.command("add")
 @click.argument("name")
 @click.option("--plugin", required=True, help="The provider plugin (see `sbr plugins`).")
-@click.option("--kind", type=click.Choice(["hypervisor", "storage", "application"]),
+@click.option("--kind", type=click.Choice(["hypervisor", "storage", "application", "notifier"]),
               help="Only for a plugin that provides several kinds.")
 @click.option("--set", "values", multiple=True, metavar="KEY=VALUE",
               help="A setting (repeatable); `sbr plugins PLUGIN` lists them.")
@@ -428,6 +429,8 @@ def policy_list(as_json: bool) -> None:
 
 
 def _schedule_text(schedule: dict[str, Any]) -> str:
+    if schedule.get("error"):  # a stored schedule the server cannot read: say so, as it is
+        return f"{schedule['kind']} {schedule.get('expression', '')} ({schedule['error']})"
     if schedule["kind"] == "cron":
         text = f"cron {schedule['expression']}"
     elif schedule["kind"] == "daily":

@@ -471,7 +471,13 @@ def key_export(dest: str, file: Path | None) -> None:
     if file is None:
         click.echo(data.decode(), nl=False)
     else:
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UsageError(f"FILE: {file} already exists; the key is never written over "
+                             "a file (choose a new name)") from None
+        except OSError as exc:
+            raise UsageError(f"FILE: cannot create {file}: {exc.strerror}") from None
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         click.echo(f"key written to {file}", err=True)

@@ -11,6 +11,10 @@ from typing import Any
 from sbr_core.errors import AuthError, LeaseLost, SbrError, UsageError
 from sbr_core.httpjson import JsonSession, NoAnswer, NotJson, Refused
 
+#: A node opens a new connection after this many calls, so that the server's worker
+#: processes (``sbr server --workers``) share the nodes' calls over time.
+CALLS_PER_CONNECTION = 50
+
 
 class ServerUnreachable(SbrError):
     """The server did not answer (down, restarting, network): try again later."""
@@ -23,7 +27,8 @@ class NodeClient:
         if not server_url.startswith(("http://", "https://")):
             raise UsageError(f"server: {server_url!r} is not an http:// or https:// URL")
         self.base = server_url.rstrip("/") + "/api/v1/node"
-        self.session = JsonSession(self.base, token=token, timeout=timeout)
+        self.session = JsonSession(self.base, token=token, timeout=timeout,
+                                   calls_per_connection=CALLS_PER_CONNECTION)
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:

@@ -112,3 +112,11 @@ def test_the_one_off_call_takes_a_whole_url(server: _Server) -> None:
     assert call_json(_base(server) + "/x?y=1", "POST", {}) == (200, {"echo": "/x?y=1"})
     with pytest.raises(NoAnswer):
         call_json("ftp://example.invalid/", "GET")
+
+
+def test_a_session_can_open_a_new_connection_every_few_calls(server: _Server) -> None:
+    session = JsonSession(_base(server), calls_per_connection=2)
+    for index in range(5):
+        session.call("POST", f"/{index}")
+    ports = [port for _, port, _, _ in server.seen]
+    assert ports[0] == ports[1] != ports[2] == ports[3] != ports[4]

@@ -6,7 +6,7 @@ import json
 import stat
 from pathlib import Path
 
-from sbr_core.db.schema import ApiToken, AuditLog, Policy
+from sbr_core.db.schema import ApiToken, AuditLog, Policy, Schedule
 from tests.cli_runs import as_json, ok, one_line_error, sbr
 from tests.integration.api.conftest import PASSWORD, ApiServer
 
@@ -97,6 +97,13 @@ def test_configure_a_backup_policy_from_the_command_line(api_server: ApiServer,
     assert "member: web-1" in shown_text and "by rule" in shown_text
     listed = ok(api_server.sbr("policy", "list")).stdout
     assert "nightly" in listed and "disk1" in listed
+    # a stored schedule the server can no longer read is shown as it is, with the reason
+    broken = Schedule.get(Schedule.kind == "daily")
+    Schedule.update(expression="garbled").where(Schedule.id == broken.id).execute()
+    ok(api_server.sbr("policy", "list"))  # a table, no longer a crash (exit 70)
+    shown_text = ok(api_server.sbr("policy", "show", "nightly")).stdout
+    assert "schedule: daily garbled (this schedule cannot be read; replace it)" in shown_text
+    Schedule.update(expression=broken.expression).where(Schedule.id == broken.id).execute()
 
     ok(api_server.sbr("policy", "add", "snaps", "--kind", "snapshot", "--instance", "db-1",
                       "--schedule", "@daily", "--keep-snapshots", "3"))

@@ -417,3 +417,36 @@ def test_explicit_members_leave_rule_members_alone(database: Any) -> None:
 
     policies.set_explicit_members(policy, [])
     assert {(r.instance_id, r.source) for r in PolicyInstance.select()} == {(three.id, "rule")}
+
+
+def test_a_notifier_is_configured_through_the_api_and_the_server_then_sends(
+        api_server: ApiServer, tmp_path: Path) -> None:
+    from sbr_core.db.schema import Workflow
+    from sbr_core.engine import nodes, workflows
+    from tests.webhooks import receiving_webhooks
+
+    _refused(api_server.call("POST", "/providers", {
+        "name": "hook", "plugin": "webhook", "kind": ["notifier"], "settings": {}},
+        user="admin"), 400, "kind: must be one of")
+    with receiving_webhooks() as hooks:
+        added = _ok(api_server.call("POST", "/providers", {
+            "name": "hook", "plugin": "webhook",
+            "settings": {"url": hooks.url, "secret": "s3cret-for-signing"}}, user="admin"), 201)
+        assert added["kind"] == "notifier"
+        assert "s3cret-for-signing" not in json.dumps(added)  # never shown back
+        _refused(api_server.call("POST", "/providers", {
+            "name": "hook2", "plugin": "webhook", "settings": {"url": hooks.url}},
+            user="operator"), 403)
+        # a restore fails on a node: the server tells the notifier it just read
+        _, token = nodes.add_node("n1", concurrency=1)
+        flow = workflows.create_workflow(api_server.db, "restore", params={})
+        status, order = api_server.call("POST", "/node/claim", {}, token=token)
+        assert status == 200 and order["workflow"]["id"] == flow.id, order
+        status, answer = api_server.call(
+            "POST", f"/node/tasks/{order['task']['id']}/finish",
+            {"attempt": order["task"]["attempt"], "state": "failed",
+             "error": "target is read-only"}, token=token)
+        assert status == 200, answer
+        told = json.loads(hooks.wait_for("task-failed").body)
+        assert told["data"]["error"] == "target is read-only"
+        assert Workflow.get_by_id(flow.id).state == "failed"

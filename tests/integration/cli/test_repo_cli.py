@@ -96,6 +96,10 @@ def test_key_export_opens_the_repository_when_its_keys_are_lost(env: dict[str, s
     key_file = tmp_path / "key.json"
     ok(sbr("repo", "key", "export", str(repo), str(key_file), env=env))
     assert key_file.stat().st_mode & 0o077 == 0
+    saved = key_file.read_bytes()
+    assert_one_line_error(sbr("repo", "key", "export", str(repo), str(key_file), env=env),
+                          f"{key_file} already exists")
+    assert key_file.read_bytes() == saved
     for key in (repo / "keys").iterdir():
         key.unlink()
     assert_one_line_error(sbr("repo", "list", str(repo), env=env), "no readable key file")
