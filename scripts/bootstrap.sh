@@ -34,3 +34,23 @@ make_venv() {
 }
 
 BASE_PACKAGES=(python3 python3-venv python3-dev gcc ca-certificates)
+
+# What the KVM tests need: a private libvirtd and virtlogd (tests/libvirtd.py) running TCG
+# domains, qemu-img/qemu-io, libvirt's headers for building libvirt-python, and libnbd.
+KVM_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
+              libvirt-clients libvirt-dev pkg-config python3-libnbd libnbd-bin)
+
+# link_libnbd: libnbd's Python binding is not on PyPI; Debian builds it for the system
+# Python. Link it into the virtualenv when both Pythons have the same minor version (the
+# module is compiled for one); otherwise the tests read NBD exports with qemu-img instead.
+link_libnbd() {
+    local site system_minor venv_minor so
+    system_minor=$(/usr/bin/python3 -c 'import sys; print(sys.version_info[1])' 2>/dev/null) || return 0
+    venv_minor=$("$VENV/bin/python" -c 'import sys; print(sys.version_info[1])')
+    [ "$system_minor" = "$venv_minor" ] || return 0
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    for so in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-3"$venv_minor"-*.so; do
+        [ -e "$so" ] && ln -sf "$so" "$site/"
+    done
+    return 0
+}
