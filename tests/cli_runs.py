@@ -92,7 +92,7 @@ def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float = 3
     raise AssertionError(f"server did not answer within {timeout:.0f} s")
 
 
-def terminate(process: subprocess.Popen[str]) -> None:
+def terminate(process: subprocess.Popen[Any]) -> None:
     """Stop a server or node gently, and for good if it does not stop within 30 s."""
     if process.poll() is None:
         process.terminate()

@@ -31,19 +31,11 @@ def sbr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
 def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The session's private MariaDB server (see tests/mariadb.py)."""
     from tests.mariadb import PrivateMariaDB
-    from tests.services import service_unavailable
+    from tests.services import running
 
-    reason = PrivateMariaDB.missing()
-    if reason:
-        service_unavailable(reason)
-    server = PrivateMariaDB(tmp_path_factory.mktemp("mariadb"))
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        service_unavailable(f"private mariadbd did not start: {exc}")
-    yield server
-    server.stop()
+    yield from running(PrivateMariaDB.missing(),
+                       lambda: PrivateMariaDB(tmp_path_factory.mktemp("mariadb")),
+                       "private mariadbd")
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])

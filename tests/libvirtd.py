@@ -22,6 +22,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tests.cli_runs import terminate
+
 if TYPE_CHECKING:
     import libvirt
 
@@ -297,13 +299,8 @@ class PrivateLibvirtd:
             with suppress(Exception):
                 self._conn.close()
             self._conn = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         if self._namespace is None:  # libvirtd died at start; virtlogd may still run
             self._namespace = next(
                 (ns for pid in self._pidfile_pids() if (ns := _mount_ns(pid)) is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pymysql
 
-from tests.cli_runs import free_port
+from tests.cli_runs import free_port, terminate
 
 _SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 USER = "sbr"
@@ -101,11 +101,6 @@ class PrivateMariaDB:
 
     def stop(self) -> None:
         """Stop the server and remove its files."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.services import service_unavailable
+from tests.services import running
 
 #: Credentials for a server that does not check them (moto accepts any).
 ANY_KEY_ID = "testing"
@@ -146,16 +146,5 @@ class MotoS3Server:
 
 def moto_s3_server(workdir: Path) -> Iterator[MotoS3Server]:
     """Body of a fixture: a started server, stopped afterwards; skip/fail when unavailable."""
-    reason = MotoS3Server.missing()
-    if reason:
-        service_unavailable(reason)
-    server = MotoS3Server(workdir)
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        service_unavailable(f"moto S3 server did not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(MotoS3Server.missing(), lambda: MotoS3Server(workdir),
+                       "moto S3 server")

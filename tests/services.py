@@ -7,6 +7,8 @@ fails, so CI can never pass by skipping the real-service tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -25,3 +27,31 @@ def require_root() -> None:
     """Tests that mount file systems need root."""
     if os.geteuid() != 0:
         service_unavailable("needs root to mount test file systems")
+
+
+class PrivateService(Protocol):
+    """A service a test set-up runs itself (tests/mariadb.py, s3server.py, libvirtd.py)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=PrivateService)
+
+
+def running(missing: str, make: Callable[[], S], what: str) -> Iterator[S]:
+    """Body of a fixture: the service ``make`` builds, started, and stopped afterwards;
+    unavailable (skip, or fail in CI) when ``missing`` names a reason or it does not start."""
+    if missing:
+        service_unavailable(missing)
+    service = make()
+    try:
+        service.start()
+    except Exception as exc:
+        service.stop()
+        service_unavailable(f"{what} did not start: {exc}")
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -7,22 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.libvirtd import PrivateLibvirtd
-from tests.services import service_unavailable
+from tests.services import running
 
 
 @pytest.fixture(scope="session")
 def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
     """The session's private libvirtd (TCG domains only); skip/fail when it cannot run."""
-    reason = PrivateLibvirtd.missing()
-    if reason:
-        service_unavailable(reason)
-    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"))
-    try:
-        daemon.start()
-    except Exception as exc:
-        daemon.stop()
-        service_unavailable(f"private libvirtd did not start: {exc}")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+    yield from running(PrivateLibvirtd.missing(),
+                       lambda: PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd")),
+                       "private libvirtd")
