@@ -27,6 +27,7 @@ from sbr_core.db.schema import (
     Workflow,
 )
 from sbr_core.db.schema import Destination as DestinationRow
+from sbr_core.engine.orders import repository_passphrase
 from sbr_core.engine.workflows import ACTIVE_STATES
 from sbr_core.errors import (
     ConfigError,
@@ -232,6 +233,25 @@ def _update(kind: ProviderKind, name: str) -> Any:
     _audit(f"{label}.update", name, {"plugin": row.plugin,
                                      "changed": sorted(_settings(body))})
     return jsonify(shown)
+
+
+@blueprint.route("/destinations/<name>/recovery-key", methods=["POST"])
+@require_permission("configure")
+def destination_recovery_key(name: str) -> Any:
+    """The passphrase of the repository the server made on this destination, for safe
+    keeping away from the server: with it, ``sbr repo`` reads the backups even when the
+    server's database or secret key is lost. Only this server knows it otherwise. Audited;
+    409 while no repository was made there yet."""
+    row = DestinationRow.get_by_id(connections.get(ProviderKind.DESTINATION, name).id)
+    if not row.repository_secret:
+        raise ConflictError(f"destination {name!r} holds no repository made by this server "
+                            "yet (one is made by its first backup)")
+    passphrase = repository_passphrase(row, _engine()["box"])
+    _audit("destination.recovery_key", name, {"plugin": row.plugin})
+    shown = _describe(ProviderKind.DESTINATION, connections.get(ProviderKind.DESTINATION, name))
+    return jsonify(destination=name, plugin=row.plugin, settings=shown["settings"],
+                   passphrase=passphrase,
+                   use=f"SBR_REPO_PASSWORD=<passphrase> sbr repo list <{row.plugin} location>")
 
 
 @blueprint.route("/destinations/<name>", methods=["DELETE"])

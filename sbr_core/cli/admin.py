@@ -9,6 +9,7 @@ audit log. ``--json`` prints what the API answered.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sys
@@ -226,6 +227,37 @@ def destination_remove(name: str, forget_repository: bool) -> None:
     query = "?forget_repository=true" if forget_repository else ""
     ApiClient.from_environment().delete(f"/destinations/{_quote(name)}{query}")
     click.echo(f"destination {name!r} removed")
+
+
+@destination.command("recovery-key")
+@click.argument("name")
+@click.option("--out", "out", required=True, metavar="FILE",
+              help="A new file for it (made readable by you alone), or - for the terminal.")
+def destination_recovery_key(name: str, out: str) -> None:
+    """Export the passphrase of the repository the server made on NAME.
+
+    Keep the file away from the server: with it, `SBR_REPO_PASSWORD=... sbr repo ...` reads
+    the backups even if the server's database or secret key is lost. Admins only; audited."""
+    client = ApiClient.from_environment()
+    path = f"/destinations/{_quote(name)}/recovery-key"
+    if out == "-":
+        click.echo(json.dumps(client.post(path, {}), indent=2))
+        return
+    try:  # the file first: a refused --out must not cost an audited export
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--out: {out} already exists; the key is never written over a "
+                         "file (choose a new name)") from None
+    except OSError as exc:
+        raise UsageError(f"--out: cannot create {out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        try:
+            handle.write(json.dumps(client.post(path, {}), indent=2) + "\n")
+        except BaseException:
+            os.unlink(out)
+            raise
+    click.echo(f"recovery key of destination {name!r} written to {out}; keep it safe, "
+               "away from the server")
 
 
 provider = _connection_group("provider", "/providers", "provider connections")

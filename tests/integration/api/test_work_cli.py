@@ -4,6 +4,7 @@ runs them: real ``sbr`` processes talking to a real ``sbr server`` over HTTP, wi
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sbr_core.db.schema import Backup, Workflow
+from sbr_core.db.schema import AuditLog, Backup, Workflow
 from sbr_core.engine import nodes
 from tests.cli_runs import SBR, as_json, ok, one_line_error, sbr, terminate
 from tests.integration.api.conftest import ApiServer
@@ -239,3 +240,31 @@ def test_tasks_watch_refreshes_until_interrupted(api_server: ApiServer, operator
     assert watching.returncode == 0, err
     assert "Traceback" not in err
     assert "share1" in out and "pending" in out, out
+
+
+def test_the_recovery_key_opens_the_servers_repository_without_the_server(
+        api_server: ApiServer, operator: Cli, site: dict[str, Any], node: None) -> None:
+    admin = Cli(api_server, "admin")
+    one_line_error(admin("destination", "recovery-key", "disk1", "--out",
+                         str(site["tmp"] / "early.json")), "holds no repository")
+    assert not (site["tmp"] / "early.json").exists()
+    ok(operator("backup", "share1", "--destination", "disk1", "--wait"))
+    backup = Backup.get()
+    one_line_error(operator("destination", "recovery-key", "disk1", "--out",
+                            str(site["tmp"] / "op.json")), "configure")
+    assert not (site["tmp"] / "op.json").exists()
+
+    key_file = site["tmp"] / "disk1-recovery.json"
+    ok(admin("destination", "recovery-key", "disk1", "--out", str(key_file)))
+    assert key_file.stat().st_mode & 0o077 == 0
+    saved = json.loads(key_file.read_text())
+    assert saved["destination"] == "disk1" and saved["plugin"] == "filesystem"
+    one_line_error(admin("destination", "recovery-key", "disk1", "--out", str(key_file)),
+                   "already exists")
+    assert AuditLog.select().where(AuditLog.action == "destination.recovery_key").count() == 1
+    # no server involved: the standalone repository command with the exported passphrase
+    env = {key: value for key, value in api_server.env.items()
+           if key not in ("SBR_DATABASE_URL",)}
+    listed = as_json(sbr("repo", "list", str(site["tmp"] / "repo"), "--json",
+                         env={**env, "SBR_REPO_PASSWORD": saved["passphrase"]}))
+    assert [b["backup_id"] for b in listed] == [backup.repo_backup_id]  # type: ignore[index]
