@@ -31,6 +31,7 @@ from sbr_core.cli.api_client import (
     request_json,
     save_credentials,
 )
+from sbr_core.cli.output import new_private_file
 from sbr_core.errors import UsageError
 
 RULE_KEYS = ("name", "tag", "location", "provider")
@@ -243,14 +244,8 @@ def destination_recovery_key(name: str, out: str) -> None:
     if out == "-":
         click.echo(json.dumps(client.post(path, {}), indent=2))
         return
-    try:  # the file first: a refused --out must not cost an audited export
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise UsageError(f"--out: {out} already exists; the key is never written over a "
-                         "file (choose a new name)") from None
-    except OSError as exc:
-        raise UsageError(f"--out: cannot create {out}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
+    # the file first: a refused --out must not cost an audited export
+    with os.fdopen(new_private_file(out, "--out"), "w") as handle:
         try:
             handle.write(json.dumps(client.post(path, {}), indent=2) + "\n")
         except BaseException:

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from sbr_core.cli.output import size
+from sbr_core.cli.output import new_private_file, size
 from sbr_core.errors import UsageError
 from sbr_core.operation import Operation
 
@@ -471,14 +471,7 @@ def key_export(dest: str, file: Path | None) -> None:
     if file is None:
         click.echo(data.decode(), nl=False)
     else:
-        try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise UsageError(f"FILE: {file} already exists; the key is never written over "
-                             "a file (choose a new name)") from None
-        except OSError as exc:
-            raise UsageError(f"FILE: cannot create {file}: {exc.strerror}") from None
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(new_private_file(file, "FILE"), "wb") as out:
             out.write(data)
         click.echo(f"key written to {file}", err=True)
 
