@@ -64,6 +64,11 @@ def _sqlite(url: DatabaseURL) -> pw.Database:
             "synchronous": "normal",
         },
         check_same_thread=False,
+        # Every transaction takes the write lock when it begins. A DEFERRED one that read
+        # first and writes later fails at once with "database is locked" (not after the
+        # busy timeout) when another connection committed in between: its snapshot is
+        # stale. The server's engine thread commits while requests run, so that happened.
+        lock_type="IMMEDIATE",
     )
 
 

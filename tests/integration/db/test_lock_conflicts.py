@@ -11,7 +11,8 @@ import pytest
 from sbr_core.db.retry import DEADLOCK, retry_on_lock_conflict
 from sbr_core.db.schema import Node
 
-pytestmark = pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+MARIADB = pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _deadlock_partner(database: Any, first: int, second: int, holding: threading.Event,
@@ -30,6 +31,7 @@ def _deadlock_partner(database: Any, first: int, second: int, holding: threading
         database.close()
 
 
+@MARIADB
 def test_the_deadlock_victim_runs_again_and_succeeds(database: Any) -> None:
     rows = [Node.create(name=f"n{i}", concurrency=1, affinity=[]).id for i in range(40)]
     second, first = rows[0], rows[1]
@@ -61,6 +63,7 @@ def test_the_deadlock_victim_runs_again_and_succeeds(database: Any) -> None:
     assert Node.get_by_id(second).concurrency == 99
 
 
+@MARIADB
 def test_inside_a_callers_transaction_the_conflict_goes_to_the_caller(
         database: Any) -> None:
     calls: list[int] = []
@@ -75,6 +78,7 @@ def test_inside_a_callers_transaction_the_conflict_goes_to_the_caller(
     assert calls == [1]
 
 
+@MARIADB
 def test_other_database_errors_are_not_retried(database: Any) -> None:
     calls: list[int] = []
 
@@ -86,3 +90,35 @@ def test_other_database_errors_are_not_retried(database: Any) -> None:
     with pytest.raises(pw.OperationalError):
         work()
     assert calls == [1]
+
+
+@SQLITE
+def test_a_sqlite_transaction_that_reads_then_writes_survives_a_commit_in_between(
+        database: Any) -> None:
+    # A DEFERRED transaction's snapshot goes stale when another connection commits after
+    # its first read; its first write then failed at once with "database is locked". The
+    # server's engine thread commits while requests run. Transactions now begin IMMEDIATE.
+    node = Node.create(name="n1", concurrency=1, affinity=[])
+    read_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def other_writer() -> None:
+        try:
+            read_done.wait(30)
+            Node.create(name="n2", concurrency=1, affinity=[])  # its own connection
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            database.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    with database.atomic():
+        assert Node.select().count() == 1
+        read_done.set()
+        writer.join(0.5)  # the other writer waits for our lock (before: it committed)
+        Node.update(concurrency=4).where(Node.id == node.id).execute()
+    writer.join(30)
+    assert errors == []
+    assert sorted(n.name for n in Node.select()) == ["n1", "n2"]
+    assert Node.get_by_id(node.id).concurrency == 4
