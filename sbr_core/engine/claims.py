@@ -2,7 +2,8 @@
 
 Two nodes must never run one task. On MariaDB the claim locks the chosen row with
 ``SELECT … FOR UPDATE SKIP LOCKED`` (another claimer skips it and takes the next); on SQLite
-``BEGIN IMMEDIATE`` takes the database's write lock before reading, so claims queue up.
+every transaction begins ``IMMEDIATE`` (see :mod:`sbr_core.db.connect`): it takes the
+database's write lock before reading, so claims queue up.
 The attempt number a claim hands out is the lease's fence: a heartbeat or result that
 carries an older attempt is refused, so a node that lost its lease cannot overwrite the
 work of the node that took the task over.
@@ -67,21 +68,12 @@ class Reaped:
     requeued: bool  # False: out of attempts, the task and its workflow failed
 
 
-def claim_transaction(db: pw.Database) -> Any:
-    """A transaction that writes: on SQLite it takes the write lock first."""
-    if isinstance(db, pw.SqliteDatabase):
-        # Take the write lock before reading, so two claimers cannot both read one row as
-        # free (a plain transaction begins DEFERRED).
-        return db.atomic("IMMEDIATE")
-    return db.atomic()
-
-
 @retry_on_lock_conflict
 def claim(db: pw.Database, node: Node, *, now: dt.datetime | None = None,
           timing: Timing = DEFAULT_TIMING) -> Claim | None:
     """Give ``node`` the oldest task it may run, or None. Atomic on both databases."""
     now = now or utcnow()
-    with claim_transaction(db):
+    with db.atomic():
         running = Task.select().where((Task.node == node) & (Task.state == "running")).count()
         if running >= node.concurrency:
             return None
@@ -206,7 +198,7 @@ def reap(db: pw.Database, *, now: dt.datetime | None = None,
     or fail it (and its workflow) when it has used all its attempts."""
     now = now or utcnow()
     done: list[Reaped] = []
-    with claim_transaction(db):
+    with db.atomic():
         expired = list(Task.select(Task, Node).join(Node, pw.JOIN.LEFT_OUTER)
                        .where((Task.state == "running") & (Task.lease_expires_at < now)))
         for task in expired:

@@ -21,7 +21,7 @@ import peewee as pw
 from sbr_core.db.retry import retry_on_lock_conflict
 from sbr_core.db.schema import Backup, Instance, Node, Policy, Task, TaskLog, Workflow, utcnow
 from sbr_core.engine import expiry
-from sbr_core.engine.claims import DEFAULT_TIMING, Claim, Timing, claim_transaction
+from sbr_core.engine.claims import DEFAULT_TIMING, Claim, Timing
 from sbr_core.errors import ConflictError, LeaseLost, NotFoundError, UsageError
 from sbr_core.plugins import PluginHost
 
@@ -118,7 +118,7 @@ def create_workflows(db: pw.Database, kind: str, instances: Sequence[Instance | 
         raise UsageError(f"priority: must be from 0 to 100, not {priority}")
     created: list[Workflow] = []
     busy: list[tuple[Instance, int]] = []
-    with claim_transaction(db):
+    with db.atomic():
         holders: dict[int, int] = {}
         ids = [i.id for i in instances if i is not None]
         if ids and kind in EXCLUSIVE_KINDS:
@@ -222,7 +222,7 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
     if state not in FINISHED_STATES:
         raise UsageError(f"state: must be one of {', '.join(FINISHED_STATES)}, not {state!r}")
     now = now or utcnow()
-    with claim_transaction(db):
+    with db.atomic():
         task = held_task(task_id, node, attempt)
         workflow = task.workflow
         instance = workflow.instance if workflow.instance_id is not None else None
@@ -297,7 +297,7 @@ def cancel_workflow(db: pw.Database, workflow_id: int, *,
     """Ask a workflow to stop: tasks not started are cancelled now; a running one learns it
     at its next heartbeat and unwinds. Returns the workflow's new state."""
     now = now or utcnow()
-    with claim_transaction(db):
+    with db.atomic():
         workflow: Workflow | None = Workflow.get_or_none(Workflow.id == workflow_id)
         if workflow is None:
             raise NotFoundError(f"workflow: no workflow {workflow_id}")
