@@ -230,10 +230,12 @@ def get_backup(raw_id: str) -> Any:
 @blueprint.route("/backups/<raw_id>/restore", methods=["POST"])
 @require_permission("operate")
 def start_restore(raw_id: str) -> Any:
-    """Restore a backup's files on a node: ``{to: absolute path, include?: path}``
-    (``include``: only that path of the backup, and all below it)."""
+    """Restore a backup on a node: ``{to: absolute path, include?: path}`` for files
+    (``include``: only that path of the backup, and all below it); for a VM backup ``to``
+    is a directory that gets one image per disk, ``format`` (``raw`` or ``qcow2``) and
+    ``disks`` (keys; all by default) choose what."""
     backup = _backup(raw_id)
-    body = _body("restore request", ("to", "include"))
+    body = _body("restore request", ("to", "include", "format", "disks"))
     problems: dict[str, str] = {}
     target = body.get("to")
     if target is None:
@@ -245,19 +247,104 @@ def start_restore(raw_id: str) -> Any:
         include = ""
     if not isinstance(include, str) or "\0" in include:
         problems["include"] = "must be a path in the backup (text)"
+    fmt = body.get("format", "raw")
+    if fmt not in ("raw", "qcow2"):
+        problems["format"] = f"must be raw or qcow2, not {fmt!r}"
+    disks = _disk_keys(body.get("disks"), problems)
     if problems:
         raise ConfigError("restore request", problems)
     if backup.state != "complete":
         raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
     engine = _engine()
+    params: dict[str, Any] = {"backup_id": backup.id, "path": target, "include": include}
+    if "format" in body:
+        params["format"] = fmt
+    if disks:
+        params["disks"] = disks
     workflow = workflows.create_workflow(
-        engine["db"], "restore", instance=None,
-        params={"backup_id": backup.id, "path": target, "include": include},
+        engine["db"], "restore", instance=None, params=params,
         requested_by=_actor(), host=engine["host"],
         priority=workflows.RESTORE_PRIORITY)
     audit.record("restore.start", actor=_actor(), target=backup.instance.name,
                  detail={"workflow_id": workflow.id, "backup_id": backup.id, "to": target,
                          "include": include},
+                 remote_addr=request.remote_addr or "")
+    return _created(workflow)
+
+
+def _disk_keys(value: Any, problems: dict[str, str]) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems["disks"] = "must be a list of disk keys (e.g. [\"vda\"])"
+        return []
+    return list(value)
+
+
+_IMPORT_FIELDS = ("name", "directory", "pool", "disk_targets", "disk_format", "network_map",
+                  "power_on", "new_identity", "disks", "replace", "confirm")
+
+
+@blueprint.route("/backups/<raw_id>/import", methods=["POST"])
+@require_permission("operate")
+def start_import(raw_id: str) -> Any:
+    """Recreate a backed-up VM: ``{name, directory | pool, disk_format?, network_map?,
+    power_on?, new_identity?, disks?, disk_targets?}`` as a new VM, or ``{replace: true,
+    confirm: "<VM name>"}`` over the original, which must be shut off."""
+    backup = _backup(raw_id)
+    body = _body("import request", _IMPORT_FIELDS)
+    problems: dict[str, str] = {}
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        problems["replace"] = "must be true or false"
+    name = body.get("name")
+    if replace:
+        if body.get("confirm") != backup.instance.name:
+            problems["confirm"] = (f"replacing VM {backup.instance.name!r} overwrites its "
+                                   "disks: set confirm to its name to go on")
+    elif not isinstance(name, str) or not name.strip() or len(name) > 200 \
+            or any(c in name for c in "/\0<>&'\""):
+        problems["name"] = "required: the new VM's name (no / < > & ' \")"
+    for key in ("directory",):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, str) or not posixpath.isabs(value)):
+            problems[key] = f"must be an absolute path on the node, not {value!r}"
+    if body.get("pool") is not None and not isinstance(body.get("pool"), str):
+        problems["pool"] = "must be a storage pool name"
+    if not replace and not body.get("directory") and not body.get("pool") \
+            and not body.get("disk_targets"):
+        problems["directory"] = "say where the disks go: directory, pool or disk_targets"
+    fmt = body.get("disk_format", "")
+    if fmt not in ("", "raw", "qcow2"):
+        problems["disk_format"] = f"must be raw or qcow2, not {fmt!r}"
+    for key in ("network_map", "disk_targets"):
+        value = body.get(key, {})
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            problems[key] = "must map names to names (text to text)"
+    targets = body.get("disk_targets") or {}
+    if isinstance(targets, dict) and any(not posixpath.isabs(str(v)) for v in targets.values()):
+        problems["disk_targets"] = "each disk's target must be an absolute path on the node"
+    for key in ("power_on", "new_identity"):
+        if key in body and not isinstance(body[key], bool):
+            problems[key] = "must be true or false"
+    disks = _disk_keys(body.get("disks"), problems)
+    if problems:
+        raise ConfigError("import request", problems)
+    if backup.state != "complete":
+        raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
+    if backup.instance.kind != "vm":
+        raise ConflictError(f"backup {backup.id} is of a {backup.instance.kind}, not a VM")
+    params: dict[str, Any] = {k: body[k] for k in _IMPORT_FIELDS
+                              if k in body and k not in ("confirm", "disks")}
+    params.update(backup_id=backup.id, disks=disks)
+    engine = _engine()
+    workflow = workflows.create_workflow(
+        engine["db"], "restore-import", instance=backup.instance, params=params,
+        requested_by=_actor(), host=engine["host"], priority=workflows.RESTORE_PRIORITY)
+    audit.record("import.start", actor=_actor(), target=backup.instance.name,
+                 detail={"workflow_id": workflow.id, "backup_id": backup.id,
+                         "name": name, "replace": bool(replace)},
                  remote_addr=request.remote_addr or "")
     return _created(workflow)
 

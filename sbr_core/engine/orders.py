@@ -50,6 +50,19 @@ def _destination_json(row: Destination, box: SecretBox) -> dict[str, Any]:
             "passphrase": repository_passphrase(row, box)}
 
 
+def _other_chains(instance: Instance, destination_id: Any) -> list[dict[str, Any]]:
+    """The newest complete backup of ``instance`` on each other destination: the next
+    backup of those chains starts from its platform state (a checkpoint), which the
+    plugin must therefore keep."""
+    newest: Any = (Backup.select(Backup.destination, pw.fn.MAX(Backup.id).alias("last"))
+              .where((Backup.instance == instance.id) & (Backup.state == "complete")
+                     & (Backup.destination != destination_id))
+              .group_by(Backup.destination))
+    ids = [last for _, last in newest.tuples()]
+    return [{"backup_id": row.repo_backup_id, "platform_state": dict(row.platform_state or {})}
+            for row in Backup.select().where(Backup.id.in_(ids))] if ids else []
+
+
 def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
     """The JSON a node gets for a claimed task."""
     workflow = (Workflow.select(Workflow, Instance, ProviderConnection)
@@ -84,11 +97,18 @@ def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
         if parent is not None:
             order["parent"] = {"backup_id": parent.repo_backup_id,
                                "platform_state": dict(parent.platform_state or {})}
+        order["retained"] = _other_chains(instance, destination_id)
     if workflow.kind == "prune":
         order["prune"] = prune_order(params)
     if backup_ref is not None:  # a restore reads where that backup is
         backup = Backup.get_by_id(backup_ref)
         order["backup"] = {"id": backup.id, "repo_backup_id": backup.repo_backup_id,
                            "kind": backup.kind}
+        if order["provider"] is None:  # a restore runs anywhere; its plugin writes images
+            connection = ProviderConnection.get_or_none(
+                ProviderConnection.id == Instance.select(Instance.connection).where(
+                    Instance.id == backup.instance_id))
+            if connection is not None:
+                order["provider"] = _connection_json(connection, box)
         order["destination"] = _destination_json(backup.destination, box)
     return order

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from sbr_core.config import structure_config
+from sbr_core.engine import vm_steps
 from sbr_core.engine.client import NodeClient, ServerUnreachable
 from sbr_core.errors import LeaseLost, SbrError, TaskCancelled, UsageError
 from sbr_core.models import BackupPoint, ExportRequest, Instance, InstanceState
 from sbr_core.operation import Operation
 from sbr_core.plugins import PluginHost
 from sbr_core.providers import Destination, Provider, ProviderContext, ProviderKind
+from sbr_core.providers.hypervisor import Hypervisor, VmExport
 from sbr_core.providers.items import ItemExport, ItemProvider
 from sbr_core.steps import StepContext, StepResult
 
@@ -125,7 +127,8 @@ class WorkflowRun:
         self.results: dict[str, Any] = {}
         self.error = ""
         self._contexts: list[AbstractContextManager[Any]] = []
-        self.export: ItemExport | None = None
+        self.export: ItemExport | VmExport | None = None
+        self.provider: Provider | None = None  # the export's, told later how it ended
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -136,6 +139,8 @@ class WorkflowRun:
                 order = self._run_task(order)
         finally:
             self._close_contexts()
+            if self.provider is not None:
+                self.provider.close()
 
     def _run_task(self, order: dict[str, Any]) -> dict[str, Any] | None:
         task = order["task"]
@@ -204,7 +209,7 @@ class WorkflowRun:
         step = context.step
         core: dict[str, Callable[[dict[str, Any], StepContext], StepResult]] = {
             "export": self._export, "store": self._store, "restore": self._restore,
-            "prune": self._prune}
+            "prune": self._prune, "import": self._import, "snapshot": self._snapshot}
         if step in core:
             return core[step](order, context)
         plugin_steps = self.host.workflow_steps()
@@ -221,19 +226,23 @@ class WorkflowRun:
 
     def _export(self, order: dict[str, Any], context: StepContext) -> StepResult:
         provider = self._provider(order)
-        if not isinstance(provider, ItemProvider):
+        if not isinstance(provider, ItemProvider | Hypervisor):
             raise UsageError(f"provider {order['provider']['name']!r} is a "
-                             f"{provider.kind.value}: this node backs up storage and "
-                             "application instances only")
+                             f"{provider.kind.value}: it has nothing to back up")
+        self.provider = provider
         instance = context.instance
         assert instance is not None
         parent = order.get("parent")
         previous = BackupPoint(parent["backup_id"], instance, parent["platform_state"]) \
             if parent else None
-        request = ExportRequest(instance=instance, previous=previous,
-                                full=bool(context.params.get("full")) or previous is None,
-                                options=dict(context.params.get("options") or {}),
-                                op=context.op)
+        options = dict(context.params.get("options") or {})
+        request = ExportRequest(
+            instance=instance, previous=previous,
+            full=bool(context.params.get("full")) or previous is None,
+            quiesce=bool(options.get("quiesce", True)), options=options,
+            retained_points=tuple(BackupPoint(p["backup_id"], instance, p["platform_state"])
+                                  for p in order.get("retained") or ()),
+            op=context.op)
         manager = provider.export(request)
         self.export = manager.__enter__()
         self._contexts.append(manager)
@@ -259,23 +268,31 @@ class WorkflowRun:
             context.logger.warning("skipped %s: %s", entry.path, reason)
 
         name = f"{order['provider']['name']}/{instance.external_id}"
-        with BackupWriter(repo, name=name, kind="items", parent=parent,
+        metadata: dict[str, Any] = {"instance": instance.name, "workflow": context.workflow_id}
+        vm = isinstance(export, VmExport)
+        with BackupWriter(repo, name=name, kind="vm" if vm else "items", parent=parent,
                           op=context.op) as writer:
-            if export.full or parent is None:
+            if isinstance(export, VmExport):
+                vm_steps.store_vm(writer, export, parent=parent, log=context.logger)
+                metadata.update(config_name=export.config_name,
+                                consistency=export.consistency)
+            elif export.full or parent is None:
                 writer.add_tree(export.entries(), complete=True, on_skip=on_skip)
             else:
                 writer.add_tree(export.entries(), complete=False, removed=export.removed(),
                                 on_skip=on_skip)
             manifest = writer.commit(platform_state=dict(export.platform_state),
-                                     metadata={"instance": instance.name,
-                                               "workflow": context.workflow_id})
+                                     metadata=metadata)
         self._close_contexts()
+        if isinstance(self.provider, Hypervisor):
+            vm_steps.committed(self.provider, instance, manifest.platform_state,
+                               log=context.logger)
         stats = manifest.stats
         return StepResult(
             summary=f"stored backup {manifest.id[:8]}: {stats.get('logical_bytes', 0)} bytes, "
                     f"{stats.get('stored_new', 0)} new after deduplication and compression"
                     + (f"; {len(skipped)} entries skipped" if skipped else ""),
-            figures={"backup_id": manifest.id, "full": parent is None,
+            figures={"backup_id": manifest.id, "full": parent is None or (vm and export.full),
                      "bytes_logical": stats.get("logical_bytes", 0),
                      "bytes_stored": stats.get("stored_new", 0), "skipped": len(skipped),
                      "platform_state": dict(manifest.platform_state)})
@@ -283,17 +300,46 @@ class WorkflowRun:
     def _restore(self, order: dict[str, Any], context: StepContext) -> StepResult:
         from sbr_core.repository import restore_tree
 
+        repo = _repository(self.host, order["destination"], create=False)
+        manifest = repo.manifest(order["backup"]["repo_backup_id"])
+        if manifest.disks:
+            if context.workflow == "restore-import":  # the import step writes the disks
+                return StepResult(summary=f"backup {manifest.id[:8]} holds "
+                                          f"{len(manifest.disks)} disk(s); importing")
+            return vm_steps.restore_to_files(repo, manifest, context,
+                                             provider=self._optional_provider(order))
         target = context.params.get("path")
         if not target:
             raise UsageError("path: a restore to the file system needs a target path")
-        repo = _repository(self.host, order["destination"], create=False)
-        manifest = repo.manifest(order["backup"]["repo_backup_id"])
         with repo.reading():
             totals = restore_tree(repo, manifest, Path(target),
                                   include=str(context.params.get("include", "")),
                                   op=context.op)
         return StepResult(summary=f"restored {totals['files']} files, {totals['bytes']} "
                                   f"bytes to {target}", figures=dict(totals))
+
+    def _import(self, order: dict[str, Any], context: StepContext) -> StepResult:
+        provider = self._hypervisor(order)
+        repo = _repository(self.host, order["destination"], create=False)
+        manifest = repo.manifest(order["backup"]["repo_backup_id"])
+        return vm_steps.import_vm(provider, repo, manifest, context)
+
+    def _snapshot(self, order: dict[str, Any], context: StepContext) -> StepResult:
+        return vm_steps.snapshot(self._hypervisor(order), context)
+
+    def _hypervisor(self, order: dict[str, Any]) -> Hypervisor:
+        provider = self._provider(order)
+        if not isinstance(provider, Hypervisor):
+            raise UsageError(f"provider {order['provider']['name']!r} is a "
+                             f"{provider.kind.value}, not a hypervisor")
+        self.provider = provider
+        return provider
+
+    def _optional_provider(self, order: dict[str, Any]) -> Provider | None:
+        if not order.get("provider"):
+            return None
+        self.provider = self._provider(order)
+        return self.provider
 
     def _prune(self, order: dict[str, Any], context: StepContext) -> StepResult:
         """Retention: forget the expired backups' manifests, then collect the garbage.

@@ -164,6 +164,7 @@ def _run_policy(db: pw.Database, policy: Policy, host: PluginHost | None,
         params["destination_id"] = policy.destination_id
     else:
         params["keep_snapshots"] = int((policy.retention or {}).get("keep_snapshots", 0))
+        params["policy"] = policy.name  # names its snapshots, so pruning finds only its own
     instances = members(policy)
     created, busy = create_workflows(db, kind, instances, policy=policy, params=params,
                                      requested_by=f"policy:{policy.name}", host=host)

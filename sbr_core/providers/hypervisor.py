@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -120,6 +121,8 @@ class Hypervisor(Provider):
     kind: ClassVar[ProviderKind] = ProviderKind.HYPERVISOR
     #: attrs class of the per-policy export choices this plugin accepts (transport, mode).
     ExportOptions: ClassVar[type[Any] | None] = None
+    #: Image formats :meth:`write_image` writes (the core writes raw images itself).
+    image_formats: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def inventory(self) -> Iterable[Instance]:
@@ -169,6 +172,15 @@ class Hypervisor(Provider):
     def delete_snapshot(self, instance: Instance, snapshot_id: str, *,
                         op: Operation | None = None) -> None:
         """Remove a snapshot, merging its data back; a missing snapshot is not an error."""
+
+    def write_image(self, disk: DiskReader, path: Path, fmt: str, *,
+                    op: Operation | None = None) -> int:
+        """Write a restored disk as a new image file ``path`` in format ``fmt`` (one of
+        :attr:`image_formats`) on this node; a failure leaves no file. Returns the bytes
+        written. ``disk`` may also offer ``write_to(sink, sparse=, op=)``, a faster copy."""
+        from sbr_core.errors import ProviderError
+
+        raise ProviderError(f"{self.context.name}: writing {fmt} images is not supported")
 
     def revert_snapshot(self, instance: Instance, snapshot_id: str, *,
                         op: Operation | None = None) -> None:

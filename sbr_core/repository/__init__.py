@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from sbr_core.repository.gc import GcReport, collect_garbage, forget
     from sbr_core.repository.manifest import DiskRecord, Manifest
     from sbr_core.repository.reader import (
+        BackedUpDisk,
         DiskImageReader,
         open_item,
         restore_disk,
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "GcReport": "gc", "collect_garbage": "gc", "forget": "gc",
     "DiskRecord": "manifest", "Manifest": "manifest",
-    "DiskImageReader": "reader", "open_item": "reader", "restore_disk": "reader",
+    "BackedUpDisk": "reader", "DiskImageReader": "reader", "open_item": "reader",
+    "restore_disk": "reader",
     "restore_tree": "reader",
     "Repository": "repo", "init_repository": "repo", "open_repository": "repo",
     "VerifyReport": "verify",
@@ -33,7 +35,8 @@ _WHERE = {
 }
 
 __all__ = [
-    "BackupWriter", "DiskImageReader", "DiskRecord", "GcReport", "Manifest", "Repository",
+    "BackedUpDisk", "BackupWriter", "DiskImageReader", "DiskRecord", "GcReport", "Manifest",
+    "Repository",
     "VerifyReport", "collect_garbage", "forget", "init_repository", "open_item",
     "open_repository", "restore_disk", "restore_tree",
 ]

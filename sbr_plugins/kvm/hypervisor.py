@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -84,6 +85,7 @@ class KvmHypervisor(Hypervisor):
         "(checkpoints and pull-mode backup jobs) and of shut-off ones, restores to raw or "
         "qcow2 files, imports as new domains, internal and external snapshots.")
     Config: ClassVar[type[Any]] = KvmConfig
+    image_formats: ClassVar[tuple[str, ...]] = ("qcow2", "raw")
 
     def __init__(self, config: KvmConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -446,10 +448,26 @@ class KvmHypervisor(Hypervisor):
         snapshots.revert(self._lookup(instance.external_id, instance.name), snapshot_id,
                          op=op or Operation(logger=self.context.logger))
 
+    def write_image(self, disk: Any, path: Path, fmt: str, *,
+                    op: Operation | None = None) -> int:
+        from sbr_plugins.kvm.images import write_image
+
+        scratch = private_dir(self.config.scratch_dir, "sbr-image-")
+        try:
+            return write_image(disk, path, fmt, scratch=scratch,
+                               op=op or Operation(logger=self.context.logger))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def import_vm(self, request: ImportRequest) -> Instance:
         from sbr_plugins.kvm import importing
 
-        dom = importing.import_domain(self.conn, request, name=self.context.name)
+        if not is_local(self.config.uri):
+            raise ProviderError(f"kvm connection {self.context.name!r}: imports write the disk "
+                                "images on the node, so the node must run on the hypervisor "
+                                f"host, and {self.config.uri} is another host")
+        dom = importing.import_domain(self.conn, request, name=self.context.name,
+                                      scratch_root=self.config.scratch_dir)
         with translated(f"domain {request.name!r}"):
             return self._describe(dom, self.conn.getHostname())
 
