@@ -35,7 +35,9 @@ PREFIX = "sbr-"
 
 def new_name() -> str:
     """A checkpoint (and bitmap) name that sorts by creation time."""
-    return f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"{PREFIX}{stamp}.{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
 
 def checkpoint_xml(name: str, disks: Sequence[DomainDisk]) -> str:

@@ -412,9 +412,11 @@ class KvmHypervisor(Hypervisor):
             if current and platform_state.get("checkpoint_created"):
                 self._drop_checkpoint(dom, current, disks, op)
             return
+        # Only one backup of a domain runs at a time, so every other SBR checkpoint is older:
+        # those the other chains (destinations) start from stay.
         keep = {current} | self._keep.get(instance.external_id, set())
         for name in checkpoint.sbr_checkpoints(dom):
-            if name not in keep and (not current or name < current):
+            if name not in keep:
                 self._drop_checkpoint(dom, name, disks, op)
 
     # --- snapshots and imports: see snapshots.py and importing.py -----------------------------
