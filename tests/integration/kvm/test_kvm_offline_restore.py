@@ -3,6 +3,7 @@ domains and over the original, and snapshots."""
 
 from __future__ import annotations
 
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -205,3 +206,32 @@ def test_internal_and_external_snapshots_are_taken_listed_and_deleted(
         qemu_img("compare", "-F", "raw", str(disk), str(expected))
         with pytest.raises(ProviderError, match="kind 'x'"):
             provider.create_snapshot(instance, "sbr-x", options={"kind": "x"})
+
+
+def test_snapshot_step_keeps_only_the_policys_newest(
+        libvirtd: PrivateLibvirtd, provider: KvmHypervisor, tmp_path: Path) -> None:
+    import logging
+
+    from sbr_core.engine import vm_steps
+    from sbr_core.operation import Operation
+    from sbr_core.steps import StepContext
+
+    disk = new_disk(tmp_path / "vda.qcow2", "16M")
+    with libvirtd.domain(_name(), disk) as dom:
+        instance = provider.get_instance(dom.UUIDString())
+        provider.create_snapshot(instance, "admin-made")  # not the policy's: never pruned
+        logger = logging.getLogger("sbr.test")
+        taken = []
+        for _ in range(3):
+            context = StepContext(
+                workflow="snapshot", step="snapshot", task_id=1, workflow_id=1, attempt=1,
+                node_name="n1", instance=instance,
+                params={"policy": "hourly vm", "keep_snapshots": 2}, results={}, error="",
+                op=Operation(logger=logger), logger=logger)
+            result = vm_steps.snapshot(provider, context)
+            taken.append(result.figures["snapshot"])
+            time.sleep(1.1)  # snapshot names carry the second
+        names = [s.name for s in provider.list_snapshots(instance)]
+        assert names == ["admin-made", *taken[1:]]
+        assert taken[0].startswith("sbr-hourly-vm-")
+        assert result.figures["pruned"] == [taken[0]]
