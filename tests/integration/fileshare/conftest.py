@@ -17,22 +17,18 @@ from sbr_core.config import structure_config
 from sbr_core.models import Entry, ExportRequest, Instance
 from sbr_core.providers.base import ProviderContext
 from sbr_core.providers.items import ItemRestoreRequest, RestoreOutcome
-from sbr_core.repository import BackupWriter, Manifest, Repository, init_repository
+from sbr_core.repository import BackupWriter, Manifest, Repository
 from sbr_core.repository.reader import tree_entries
 from sbr_plugins.fileshare.provider import FileShareExport, FileShareProvider
-from sbr_plugins.filesystem.destination import FilesystemDestination
 from tests.mounts import mount_tmpfs  # noqa: F401 - the fixture, for these tests
+from tests.repositories import local_repository
 
 CONNECTION = "nas1"
 PASSPHRASE = "fileshare test passphrase"
 
 
 def make_repository(path: Path) -> Repository:
-    path.mkdir(parents=True, exist_ok=True)
-    config = structure_config(FilesystemDestination.Config, {"path": str(path), "fsync": "false"},
-                              subject="destination 'test'")
-    destination = FilesystemDestination(config, context=ProviderContext(name="test"))
-    return init_repository(destination, passphrase=PASSPHRASE, pack_size=1024 * 1024)
+    return local_repository(path, PASSPHRASE, pack_size=1024 * 1024)
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from sbr_core.config import structure_config
 from sbr_core.models import BackupPoint, ExportRequest, Instance
 from sbr_core.operation import Operation
 from sbr_core.providers.base import ProviderContext
-from sbr_core.repository import BackupWriter, Manifest, Repository, init_repository
-from sbr_plugins.filesystem.destination import FilesystemDestination
+from sbr_core.repository import BackupWriter, Manifest, Repository
 from sbr_plugins.kvm.hypervisor import KvmHypervisor
 from tests.libvirtd import PrivateLibvirtd
+from tests.repositories import local_repository
 from tests.services import running
 
 
@@ -38,11 +38,7 @@ PASSPHRASE = "kvm test passphrase"
 
 
 def make_repository(path: Path) -> Repository:
-    path.mkdir(parents=True, exist_ok=True)
-    config = structure_config(FilesystemDestination.Config, {"path": str(path), "fsync": "false"},
-                              subject="destination 'test'")
-    destination = FilesystemDestination(config, context=ProviderContext(name="test"))
-    return init_repository(destination, passphrase=PASSPHRASE, pack_size=4 * MiB)
+    return local_repository(path, PASSPHRASE, pack_size=4 * MiB)
 
 
 def make_provider(libvirtd: PrivateLibvirtd, scratch: Path, **settings: Any) -> KvmHypervisor:
