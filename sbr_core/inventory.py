@@ -9,6 +9,9 @@ policies' membership rules, in the same transaction.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +22,8 @@ from sbr_core.db.schema import Instance as InstanceRow
 from sbr_core.db.schema import ProviderConnection, utcnow
 from sbr_core.engine.scheduler import refresh_membership
 from sbr_core.models import Instance
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -91,3 +96,66 @@ def sync(db: pw.Database, connection: ProviderConnection,
         # Policies' rules are re-evaluated on every inventory refresh (issue 4).
         refresh_membership(db)
     return SyncResult(added=added, updated=updated, unchanged=unchanged, vanished=vanished)
+
+
+#: Provider kinds that list instances.
+LISTING_KINDS = ("hypervisor", "storage", "application")
+
+
+def refresh(db: pw.Database, connection: ProviderConnection, *, host: Any, box: Any
+            ) -> SyncResult:
+    """Ask ``connection``'s platform for its instances now and store them."""
+    from sbr_core import connections
+    from sbr_core.errors import UsageError
+    from sbr_core.providers import ProviderKind
+
+    kind = ProviderKind(connection.kind)
+    with connections.provider_of(kind, connection, host=host, box=box) as provider:
+        listing = getattr(provider, "inventory", None)
+        if listing is None:
+            raise UsageError(f"provider {connection.name!r} ({connection.plugin}) has no "
+                             "inventory")
+        found = list(listing())
+    return sync(db, connection, found)
+
+
+class Refresher:
+    """Refreshes every connection's inventory every ``interval`` seconds, on a thread of its
+    own, so a slow or unreachable platform never holds up the engine's tick. A failure is
+    logged with the connection's name and retried at the next interval."""
+
+    def __init__(self, db: pw.Database, *, host: Any, box: Any, interval: float) -> None:
+        self.db = db
+        self.host = host
+        self.box = box
+        self.interval = interval
+        self._last: dict[int, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def __call__(self) -> None:
+        """The engine's pass: start a refresh round if one is due and none is running."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._round, name="sbr-inventory",
+                                        daemon=True)
+        self._thread.start()
+
+    def _round(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        try:
+            now = time.monotonic()
+            due = [row for row in ProviderConnection.select()
+                   .where(ProviderConnection.kind.in_(LISTING_KINDS))
+                   if now - self._last.get(row.id, float("-inf")) >= self.interval]
+            for row in due:
+                self._last[row.id] = time.monotonic()
+                try:
+                    result = refresh(self.db, row, host=self.host, box=self.box)
+                except Exception as exc:  # one platform down must not stop the others
+                    log.warning("inventory of %r failed: %s", row.name, exc)
+                    continue
+                if result.added or result.updated or result.vanished:
+                    log.info("inventory of %r: %s", row.name, result.to_dict())
+        finally:
+            if not self.db.is_closed():
+                self.db.close()

@@ -411,13 +411,7 @@ def sync_inventory(name: str) -> Any:
     """Ask the platform for its instances now and store them:
     ``{provider, added, updated, unchanged, vanished, present}``."""
     row = _connection(name)
-    kind = ProviderKind(row.kind)
-    with connections.provider_of(kind, row, host=_host(), box=_box()) as provider:
-        listing = getattr(provider, "inventory", None)
-        if listing is None:
-            raise UsageError(f"provider {name!r} ({row.plugin}) has no inventory")
-        found = list(listing())
-    result = inventory.sync(_db(), row, found)
+    result = inventory.refresh(_db(), row, host=_host(), box=_box())
     present = Instance.select().where((Instance.connection == row.id)
                                       & (Instance.present == True)).count()  # noqa: E712
     _audit("inventory.sync", name, result.to_dict())

@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 @click.option("--retry-delay", "retry_seconds", default=30.0, show_default=True,
               type=click.FloatRange(0, 3600),
               help="Seconds before a lost task's first retry (doubling, at most 10 minutes).")
+@click.option("--inventory-minutes", default=60.0, show_default=True,
+              type=click.FloatRange(0, 7 * 24 * 60),
+              help="Minutes between refreshes of every connection's inventory (0: only when "
+                   "asked).")
 def server(host: str, port: int, threads: int, workers: int, no_local_node: bool,
-           tick_seconds: float, lease_seconds: float, retry_seconds: float) -> None:
+           tick_seconds: float, lease_seconds: float, retry_seconds: float,
+           inventory_minutes: float) -> None:
     """Run the SBR server (web UI, REST API). Migrates the database schema on start."""
     from sbr_core import accounts
 
@@ -79,6 +84,7 @@ def server(host: str, port: int, threads: int, workers: int, no_local_node: bool
                     for _ in range(workers - 1)]
     try:
         _serve(db, listener, threads, timing, engine_ticks=tick_seconds,
+               inventory_seconds=inventory_minutes * 60,
                local_node=None if no_local_node else (host, port))
     finally:
         for pid in children:
@@ -86,7 +92,7 @@ def server(host: str, port: int, threads: int, workers: int, no_local_node: bool
 
 
 def _serve(db: pw.Database, listener: socket.socket, threads: int, timing: Timing, *,
-           engine_ticks: float | None = None,
+           engine_ticks: float | None = None, inventory_seconds: float = 0.0,
            local_node: tuple[str, int] | None = None) -> None:
     """One serving process: the app, its notifications, and (in the first) the engine."""
     import waitress
@@ -102,7 +108,9 @@ def _serve(db: pw.Database, listener: socket.socket, threads: int, timing: Timin
     engine = None
     if engine_ticks is not None:
         engine = EngineLoop(db, app.extensions["sbr"]["events"], tick_seconds=engine_ticks,
-                            passes=standard_passes(db, app.extensions["sbr"]["host"]),
+                            passes=standard_passes(db, app.extensions["sbr"]["host"],
+                                                   box=app.extensions["sbr"]["box"],
+                                                   inventory_seconds=inventory_seconds),
                             timing=timing)
         engine.start()
     if local_node is not None:

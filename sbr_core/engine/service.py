@@ -1,7 +1,8 @@
 """The server's own engine loop: every tick it takes back expired leases, fires the
 schedules that are due and starts the prune workflows of retention; every
 ``retention_seconds`` it also applies every policy's retention to the catalog (rules
-with a time in them expire backups as the clock moves, not only after a new backup).
+with a time in them expire backups as the clock moves, not only after a new backup), and
+every ``inventory_seconds`` it refreshes every connection's inventory on a thread of its own.
 One thread; each tick opens its own database connection, and one failing pass is logged
 and the next one runs."""
 
@@ -11,9 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import peewee as pw
 
+from sbr_core import inventory
 from sbr_core.engine import expiry, scheduler
 from sbr_core.engine.announce import Announcer
 from sbr_core.engine.claims import DEFAULT_TIMING, Timing, reap
@@ -23,12 +26,16 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 30.0
 RETENTION_SECONDS = 600.0
+#: How often every connection's inventory is refreshed (new, changed and gone instances).
+INVENTORY_SECONDS = 3600.0
 
 
 def standard_passes(db: pw.Database, host: PluginHost | None, *,
-                    retention_seconds: float = RETENTION_SECONDS
+                    retention_seconds: float = RETENTION_SECONDS, box: Any = None,
+                    inventory_seconds: float = INVENTORY_SECONDS
                     ) -> tuple[Callable[[], None], ...]:
-    """The server's passes after the reaper: schedules, retention, prunes."""
+    """The server's passes after the reaper: schedules, retention, prunes, and (given the
+    secret box to open connection settings) the inventory refresh of every connection."""
     last_retention = [float("-inf")]
 
     def schedules() -> None:
@@ -45,7 +52,10 @@ def standard_passes(db: pw.Database, host: PluginHost | None, *,
         if started:
             log.info("retention: %d prune workflow(s) started", started)
 
-    return (schedules, retention)
+    if box is None or host is None or inventory_seconds <= 0:
+        return (schedules, retention)
+    return (schedules, retention,
+            inventory.Refresher(db, host=host, box=box, interval=inventory_seconds))
 
 
 class EngineLoop:
