@@ -129,6 +129,9 @@ class Refresher:
         self.host = host
         self.box = box
         self.interval = interval
+        # The first round comes one interval after start: a restarted server does not call
+        # every platform at once, and inventories taken on demand stand until then.
+        self._started = time.monotonic()
         self._last: dict[int, float] = {}
         self._thread: threading.Thread | None = None
 
@@ -146,7 +149,7 @@ class Refresher:
             now = time.monotonic()
             due = [row for row in ProviderConnection.select()
                    .where(ProviderConnection.kind.in_(LISTING_KINDS))
-                   if now - self._last.get(row.id, float("-inf")) >= self.interval]
+                   if now - self._last.get(row.id, self._started) >= self.interval]
             for row in due:
                 self._last[row.id] = time.monotonic()
                 try:

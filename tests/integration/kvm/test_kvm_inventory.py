@@ -27,7 +27,13 @@ def test_refresher_lists_domains_and_marks_undefined_ones_gone(
     name = f"sbr-t-{uuid.uuid4().hex[:8]}"
     disk = new_disk(tmp_path / "vda.qcow2", "16M")
     with libvirtd.domain(name, disk) as dom:
-        refresher = inventory.Refresher(database, host=host, box=box, interval=3600)
+        idle = inventory.Refresher(database, host=host, box=box, interval=3600)
+        idle()  # the first round is one interval after start
+        assert idle._thread is not None
+        idle._thread.join(60)
+        database.connect(reuse_if_open=True)
+        assert not Instance.select().where(Instance.connection == row.id).exists()
+        refresher = inventory.Refresher(database, host=host, box=box, interval=0)
         refresher()
         assert refresher._thread is not None
         refresher._thread.join(60)
