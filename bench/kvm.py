@@ -1,0 +1,264 @@
+"""Benchmark the KVM plugin against virtnbdbackup on the same running domain, in one run.
+
+    python bench/kvm.py                          # 2 GiB disk of mixed content
+    python bench/kvm.py --disk-size 256M --output /tmp/perf-test.md   # a quick check
+
+A private libvirtd (tests/libvirtd.py) runs a TCG domain whose qcow2 disk is the
+repository bench's seeded image (zeros, text, random, repeated blocks; zeros unallocated).
+Each tool takes a full backup; the guest then rewrites a seeded 2 % of the disk (64 KiB
+blocks, through the QEMU monitor, as the guest would); each tool takes an incremental; each
+restores the last point, which is compared with the live disk by ``qemu-img compare``.
+Every step is one child process measured with wait4 (wall, CPU, peak RSS): for SBR,
+bench/kvm_node.py, which runs the node's export and store code into a local repository.
+The table and the issue's targets go to the terminal and to a marked section of --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT))
+
+import repo_report as report  # noqa: E402
+import repo_workload as workload  # noqa: E402
+from repo_tools import Command, Measured, compile_sbr, debian_version, run_measured  # noqa: E402
+
+from tests.libvirtd import PrivateLibvirtd  # noqa: E402
+
+START = "<!-- bench:kvm:start -->"
+END = "<!-- bench:kvm:end -->"
+MiB = 1 << 20
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    tool: str
+    step: str
+    result: Measured
+    logical: int
+    note: str = ""
+
+
+def _guest_writes(dom: object, extents: Path, turn: int) -> int:
+    """Rewrite the seeded 2 % through the guest's virtio device; returns the bytes."""
+    import libvirt_qemu
+
+    alias = PrivateLibvirtd.disk_alias(dom)  # type: ignore[arg-type]
+    qom = f"/machine/peripheral/{alias}/virtio-backend"
+    total = 0
+    for index, (offset, length) in enumerate(workload.read_extents(extents)):
+        pattern = 0x20 + (index + 7 * turn) % 0x50
+        out = libvirt_qemu.qemuMonitorCommand(
+            dom, f'qemu-io -d {qom} "write -P {pattern} {offset} {length}"',
+            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        if "error" in out.lower():
+            raise RuntimeError(out)
+        total += length
+    return total
+
+
+def _compare(image: Path, live: Path) -> str:
+    done = subprocess.run(["qemu-img", "compare", "-U", str(image), str(live)],
+                          capture_output=True, text=True, check=False)
+    return "restore matches the disk" if done.returncode == 0 else \
+        f"MISMATCH: {done.stdout.strip() or done.stderr.strip()}"
+
+
+def _measure(name: str, argv: list[str], logs: Path, env: dict[str, str]) -> Measured:
+    log(f"  {name}: {shlex.join(argv)[:160]}")
+    result = run_measured(Command(argv), env, logs / name)
+    if result.error:
+        log(f"    failed: {result.error}")
+    else:
+        log(f"    {result.wall:.2f} s wall, {result.cpu:.2f} s CPU, "
+            f"{result.peak_rss / MiB:.0f} MiB peak RSS")
+    return result
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
+    size = workload.parse_size(args.disk_size)
+    data = workload.image(Path(args.workdir), size, args.seed, log=log)
+    rundir = Path(args.rundir)
+    shutil.rmtree(rundir, ignore_errors=True)
+    (rundir / "scratch").mkdir(parents=True)
+    logs = rundir / "logs"
+    disk = rundir / "vda.qcow2"
+    log(f"converting the {workload.human(size)} image to qcow2 ...")
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", "-o", "compat=1.1", str(data.v1),
+                    str(disk)], check=True)
+    compile_sbr()
+    env = dict(os.environ)
+    daemon = PrivateLibvirtd(rundir / "libvirtd")
+    daemon.start()
+    rows: list[Row] = []
+    facts: dict[str, object] = {}
+    try:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        with daemon.domain(name, disk, memory_mib=128) as dom:
+            sbr_base = [sys.executable, str(BENCH / "kvm_node.py")]
+            sbr_state, repo = rundir / "sbr-state.json", rundir / "sbr-repo"
+            vnb_dir = rundir / "vnb"
+            vnb = ["virtnbdbackup", "-U", daemon.uri, "-d", name, "-o", str(vnb_dir),
+                   "-S", str(rundir / "scratch"), "-f", str(rundir / "vnb.sock"), "-n",
+                   # 1.9.15 asks any qemu+… URI for credentials; the private daemon takes
+                   # none and ignores these.
+                   "--user", "root", "--password", "unused"]
+
+            def sbr_backup(step: str) -> Measured:
+                return _measure(f"sbr-{step}", [*sbr_base, "backup", "--uri", daemon.uri,
+                                                "--domain", dom.UUIDString(), "--repo",
+                                                str(repo), "--scratch",
+                                                str(rundir / "scratch"), "--state",
+                                                str(sbr_state)], logs, env)
+
+            # virtnbdbackup refuses to run beside checkpoints it did not make, so the tools
+            # take turns: each backs up, sees the same 2 % rewritten, backs up again and
+            # restores; virtnbdbackup's checkpoints are then removed.
+            log("virtnbdbackup: full, 2 % rewritten, incremental, restore ...")
+            rows.append(Row("virtnbdbackup", "full",
+                            _measure("vnb-full", [*vnb, "-l", "full"], logs, env), size))
+            changed = _guest_writes(dom, data.extents, 0)  # type: ignore[arg-type]
+            rows.append(Row("virtnbdbackup", "incremental",
+                            _measure("vnb-incr", [*vnb, "-l", "inc"], logs, env), changed))
+            vnb_out = rundir / "vnb-restore"
+            result = _measure("vnb-restore", ["virtnbdrestore", "-U", daemon.uri, "--user",
+                                              "root", "--password", "unused", "-i",
+                                              str(vnb_dir), "-o", str(vnb_out), "-n"],
+                              logs, env)
+            restored = next(iter(sorted(vnb_out.glob("vda*"))), None) if vnb_out.exists() \
+                else None
+            rows.append(Row("virtnbdbackup", "restore (qcow2)", result, size,
+                            _compare(restored, disk) if restored and not result.error
+                            else ""))
+            shutil.rmtree(vnb_out, ignore_errors=True)
+            for checkpoint in reversed(dom.listAllCheckpoints(0)):
+                checkpoint.delete(0)
+
+            log("sbr: full, 2 % rewritten, incremental, restores ...")
+            rows.append(Row("sbr", "full", sbr_backup("full"), size))
+            changed = _guest_writes(dom, data.extents, 1)  # type: ignore[arg-type]
+            facts["changed"] = changed
+            rows.append(Row("sbr", "incremental", sbr_backup("incr"), changed))
+            for row in rows:
+                if row.tool == "sbr" and not row.result.error:
+                    out = json.loads(row.result.stdout.strip().splitlines()[-1])
+                    row.note = (f"read {workload.human(out['bytes_read'])}, stored "
+                                f"{workload.human(out['stored_new'])} new")
+            for fmt in ("raw", "qcow2"):
+                out = rundir / f"restored.{fmt}"
+                result = _measure(f"sbr-restore-{fmt}",
+                                  [*sbr_base, "restore", "--repo", str(repo), "--state",
+                                   str(sbr_state), "--out", str(out), "--format", fmt,
+                                   "--scratch", str(rundir / "scratch")], logs, env)
+                rows.append(Row("sbr", f"restore ({fmt})", result, size,
+                                _compare(out, disk) if not result.error else ""))
+                out.unlink(missing_ok=True)
+            facts["sbr_repo"] = _du(repo)
+            facts["vnb_dir"] = _du(vnb_dir)
+    finally:
+        daemon.stop()
+    facts.update(size=size, composition=data.composition, seed=args.seed,
+                 vnb=debian_version("virtnbdbackup") or "?")
+    return rows, facts
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def _row_cells(row: Row) -> list[str]:
+    r = row.result
+    speed = f"{row.logical / r.wall / MiB:.0f}" if r.wall and not r.error else ""
+    return [row.tool, row.step, f"{r.wall:.2f}", f"{r.cpu:.2f}", f"{r.peak_rss / MiB:.0f}",
+            speed, r.error or row.note]
+
+
+def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
+    by = {(r.tool, r.step): r.result for r in rows if not r.result.error}
+    out = []
+    sbr_full, vnb_full = by.get(("sbr", "full")), by.get(("virtnbdbackup", "full"))
+    if sbr_full and vnb_full:
+        out.append(("full backup at least as fast as virtnbdbackup's",
+                    f"{sbr_full.wall:.2f} s vs {vnb_full.wall:.2f} s",
+                    sbr_full.wall <= vnb_full.wall))
+    sbr_inc = by.get(("sbr", "incremental"))
+    if sbr_full and sbr_inc:
+        share = sbr_inc.wall / sbr_full.wall
+        out.append(("incremental under 15 % of the full's time",
+                    f"{share * 100:.1f} %", share < 0.15))
+    raw = next((r for r in rows if r.tool == "sbr" and r.step == "restore (raw)"), None)
+    if raw and not raw.result.error:
+        speed = raw.logical / raw.result.wall / MiB
+        out.append(("restore at least 300 MB/s of logical data",
+                    f"{speed * MiB / 1e6:.0f} MB/s (raw)", speed * MiB >= 300e6))
+    peak = max((r.result.peak_rss for r in rows if r.tool == "sbr"), default=0)
+    out.append(("node peak memory under 300 MB", f"{peak / 1e6:.0f} MB", peak < 300e6))
+    return out
+
+
+def _composition(parts: object) -> str:
+    return ", ".join(f"{kind} {workload.human(n)}" for kind, n in dict(parts).items())  # type: ignore[call-overload]
+
+
+def markdown(rows: list[Row], facts: dict[str, object], command: str) -> str:
+    header = ("tool", "step", "wall s", "CPU s", "peak RSS MiB", "MiB/s", "notes")
+    lines = [START, "## KVM benchmark: the kvm plugin and virtnbdbackup on one running domain",
+             "", f"Command: `{command}`", "",
+             f"Run {datetime.date.today().isoformat()} on {report.machine()}. A TCG domain "
+             f"with a {workload.human(int(facts['size']))} qcow2 disk (seed {facts['seed']}; "
+             f"{_composition(facts['composition'])}); the guest rewrites "
+             f"{workload.human(int(facts.get('changed', 0)))} between the backups. "
+             f"virtnbdbackup {facts['vnb']} with its defaults (no compression); SBR "
+             "deduplicates, compresses (zstd) and encrypts. MiB/s is logical data (the disk "
+             "size; the changed bytes for incrementals) over wall time.", "",
+             report.md_table(header, [_row_cells(r) for r in rows]), "",
+             f"Stored: SBR repository {workload.human(int(facts.get('sbr_repo', 0)))}, "
+             f"virtnbdbackup directory {workload.human(int(facts.get('vnb_dir', 0)))}.", "",
+             report.md_table(("target", "measured", "result"),
+                             [[t, m, "PASS" if ok else "FAIL"] for t, m, ok in targets(rows)]),
+             "", END]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--disk-size", default="2G")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", default="/var/tmp/sbr-bench",  # noqa: S108
+                        help="cache of generated data (shared with bench/repository.py)")
+    parser.add_argument("--rundir", default="/tmp/sbr-kvm-bench",  # noqa: S108
+                        help="disk, repositories, restores; not under /etc, /run or /var "
+                        "(the private libvirtd overlays those)")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
+    args = parser.parse_args()
+    missing = PrivateLibvirtd.missing() or ("" if shutil.which("virtnbdbackup") else
+                                            "virtnbdbackup is not installed (apt-get install "
+                                            "virtnbdbackup)")
+    if missing:
+        sys.exit(f"kvm bench: {missing}")
+    rows, facts = run(args)
+    command = shlex.join(["python", "bench/kvm.py", *sys.argv[1:]])
+    text = markdown(rows, facts, command)
+    print(text)
+    report.write_section(Path(args.output), text, start=START, end=END)
+
+
+if __name__ == "__main__":
+    main()
