@@ -305,10 +305,10 @@ def start_import(raw_id: str) -> Any:
     elif not isinstance(name, str) or not name.strip() or len(name) > 200 \
             or any(c in name for c in "/\0<>&'\""):
         problems["name"] = "required: the new VM's name (no / < > & ' \")"
-    for key in ("directory",):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, str) or not posixpath.isabs(value)):
-            problems[key] = f"must be an absolute path on the node, not {value!r}"
+    directory = body.get("directory")
+    if directory is not None and (not isinstance(directory, str)
+                                  or not posixpath.isabs(directory)):
+        problems["directory"] = f"must be an absolute path on the node, not {directory!r}"
     if body.get("pool") is not None and not isinstance(body.get("pool"), str):
         problems["pool"] = "must be a storage pool name"
     if not replace and not body.get("directory") and not body.get("pool") \

@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sbr_core.errors import ProviderError
 from sbr_plugins.kvm.connection import ERR_NO_DOMAIN_BACKUP, error_code, libvirt_module, translated
 from sbr_plugins.kvm.domainxml import DomainDisk
+from sbr_plugins.kvm.qemunbd import QemuNbd
 
 if TYPE_CHECKING:
     import libvirt
@@ -141,56 +140,26 @@ class OfflineExport:
 
     def __init__(self, disk: DomainDisk, scratch: Path, *, bitmap: str = "") -> None:
         self.disk = disk
-        self.socket = scratch / f"{disk.target}.sock"
         self.bitmap = bitmap
-        self.process: subprocess.Popen[bytes] | None = None
+        options: tuple[str, ...] = ("--read-only", "--persistent", "--shared=4")
+        if bitmap:
+            options += (f"--bitmap={bitmap}",)
+        self.server = QemuNbd(disk.disk.path, scratch / f"{disk.target}.sock",
+                              fmt=disk.disk.format, export=disk.target,
+                              label=f"disk {disk.target}", options=options)
 
     def where(self) -> tuple[Any, ...]:
-        return ("unix", str(self.socket))
+        return ("unix", str(self.server.socket))
 
     def bitmap_context(self) -> str:
         return f"qemu:dirty-bitmap:{self.bitmap}" if self.bitmap else ""
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self) -> None:
         path = self.disk.disk.path
         if not os.path.exists(path):
             raise ProviderError(f"disk {self.disk.target}: {path} is not reachable from this "
                                 "node; a shut-off domain is backed up by a node on its host")
-        command = ["qemu-nbd", "--read-only", "--persistent", "--shared=4",
-                   f"--format={self.disk.disk.format}", f"--export-name={self.disk.target}",
-                   f"--socket={self.socket}"]
-        if self.bitmap:
-            command.append(f"--bitmap={self.bitmap}")
-        command.append(path)
-        try:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except FileNotFoundError as exc:
-            raise ProviderError("qemu-nbd (Debian: qemu-utils) is not installed on this "
-                                "node") from exc
-        deadline = time.monotonic() + timeout
-        while not self.socket.exists():
-            if self.process.poll() is not None:
-                error = (self.process.stderr.read().decode(errors="replace").strip()
-                         if self.process.stderr else "")
-                self.process = None
-                raise ProviderError(f"disk {self.disk.target}: qemu-nbd could not serve "
-                                    f"{path}: {error or 'it exited'}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ProviderError(f"disk {self.disk.target}: qemu-nbd did not start "
-                                    f"within {timeout:.0f} s")
-            time.sleep(0.02)
+        self.server.start()
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+        self.server.stop()

@@ -1,16 +1,16 @@
 """The libvirt side: opening a connection, and turning libvirt's errors into SBR's.
 
-Everything that calls libvirt goes through :func:`libvirt_call` or :func:`translated`, so an
-error reaches the admin as one line that names the connection and what was being done,
-never as a libvirtError traceback.
+Calls into libvirt run inside :func:`translated` (or catch libvirtError and say what failed
+themselves), so an error reaches the admin as one line that names the connection and what
+was being done, never as a libvirtError traceback.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sbr_core.errors import ProviderError
@@ -20,22 +20,19 @@ if TYPE_CHECKING:
 
     from sbr_plugins.kvm.config import KvmConfig
 
-T = TypeVar("T")
 _quiet = threading.Lock()
 _quieted = False
 
 # libvirt error codes (virErrorNumber) this plugin tells apart.
 ERR_NO_DOMAIN = 42
 ERR_AUTH_FAILED = 45
-ERR_OPERATION_INVALID = 55
 ERR_ARGUMENT_UNSUPPORTED = 74
 ERR_AGENT_UNRESPONSIVE = 86
 ERR_NO_DOMAIN_CHECKPOINT = 103
 ERR_NO_DOMAIN_BACKUP = 104
 ERR_CHECKPOINT_INCONSISTENT = 109
 ERR_AUTH_UNAVAILABLE = 94
-ERR_SYSTEM_ERROR = 38
-ERR_NO_CONNECT = 5
+ERR_NO_DOMAIN_SNAPSHOT = 72
 
 
 def libvirt_module() -> Any:
@@ -64,21 +61,13 @@ def error_text(exc: BaseException) -> str:
 
 
 @contextmanager
-def translated(what: str, *, retryable_codes: tuple[int, ...] = ()) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
     """Turn a libvirtError raised inside into a ProviderError saying ``what`` failed."""
     libvirt = libvirt_module()
     try:
         yield
     except libvirt.libvirtError as exc:
-        code = error_code(exc)
-        raise ProviderError(f"{what}: {error_text(exc)}",
-                            retryable=code in retryable_codes) from exc
-
-
-def libvirt_call(what: str, call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` with libvirt errors translated (see :func:`translated`)."""
-    with translated(what):
-        return call(*args)
+        raise ProviderError(f"{what}: {error_text(exc)}") from exc
 
 
 def is_local(uri: str) -> bool:

@@ -60,15 +60,21 @@ def memory_bytes(root: ET.Element) -> int:
     return int(node.text.strip()) * units.get(node.get("unit", "KiB").lower(), 1024)
 
 
+def disk_elements(root: ET.Element) -> dict[str, ET.Element]:
+    """The ``<disk>`` elements SBR backs up (not CD-ROMs or floppies) by target, in order."""
+    out = {}
+    for node in root.iterfind("devices/disk"):
+        target = node.find("target")
+        if node.get("device", "disk") == "disk" and target is not None and target.get("dev"):
+            out[target.get("dev", "")] = node
+    return out
+
+
 def disks(root: ET.Element) -> list[DomainDisk]:
     """The domain's disks (not CD-ROMs or floppies), in XML order."""
     out = []
-    for node in root.iterfind("devices/disk"):
-        if node.get("device", "disk") != "disk":
-            continue
-        target = node.find("target")
-        if target is None or not target.get("dev"):
-            continue
+    for key, node in disk_elements(root).items():
+        target = node.find("target")  # there: disk_elements kept only disks with one
         source = node.find("source")
         kind = node.get("type", "file")
         driver = node.find("driver")
@@ -85,9 +91,10 @@ def disks(root: ET.Element) -> list[DomainDisk]:
             elif kind == "volume":
                 path = f"{source.get('pool', '')}/{source.get('volume', '')}"
         out.append(DomainDisk(
-            disk=Disk(key=target.get("dev", ""), capacity_bytes=0, label=_alias(node),
+            disk=Disk(key=key, capacity_bytes=0, label=_alias(node),
                       path=path, format=fmt, backend=backend),
-            bus=target.get("bus", ""), readonly=node.find("readonly") is not None))
+            bus=target.get("bus", "") if target is not None else "",
+            readonly=node.find("readonly") is not None))
     return out
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sbr_core.directio import write_all
 from sbr_core.errors import ProviderError
 from sbr_core.operation import Operation
+from sbr_plugins.kvm.qemunbd import QemuNbd
 
 FORMATS = ("qcow2", "raw")
 _PIECE = 4 << 20
@@ -33,17 +34,10 @@ class NbdImageWriter:
 
         self._nbd = nbd
         self.path = path
-        self.process = subprocess.Popen(
-            ["qemu-nbd", f"--format={fmt}", "--persistent", "--cache=writeback",
-             "--discard=unmap", "--export-name=disk", f"--socket={socket}", str(path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                error = self._stop()
-                raise ProviderError(f"{path}: qemu-nbd could not open the new image: "
-                                    f"{error or 'it did not start'}")
-            time.sleep(0.02)
+        self.server = QemuNbd(path, socket, fmt=fmt, export="disk", label=str(path),
+                              options=("--persistent", "--cache=writeback",
+                                       "--discard=unmap"))
+        self.server.start()
         self.handle = nbd.NBD()
         self.handle.set_export_name("disk")
         self.handle.connect_unix(str(socket))
@@ -66,34 +60,19 @@ class NbdImageWriter:
             raise ProviderError(f"{self.path}: flushing the image failed: {exc}") from exc
         finally:
             del self.handle
-            error = self._stop()
+            error = self.server.stop()
         if error:
             raise ProviderError(f"{self.path}: qemu-nbd failed: {error}")
 
-    def _stop(self) -> str:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        error = self.process.stderr.read().decode(errors="replace").strip() \
-            if self.process.stderr else ""
-        if self.process.stderr:
-            self.process.stderr.close()
-        return error if self.process.returncode not in (0, -15) else ""
-
 
 class _FileSink:
+    """A sparse raw image being filled: runs of buffers written at their offset."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
     def write(self, buffers: Sequence[bytes], offset: int) -> None:
-        for data in buffers:
-            view = memoryview(data)
-            while view:
-                done = os.pwrite(self.fd, view, offset)
-                view, offset = view[done:], offset + done
+        write_all(self.fd, buffers, offset)
 
 
 def write_image(reader: Any, path: Path, fmt: str, *, scratch: Path,

@@ -50,15 +50,6 @@ def _directory(conn: libvirt.virConnect, request: ImportRequest) -> Path | None:
     return Path(path)
 
 
-def _disk_nodes(root: ET.Element) -> dict[str, ET.Element]:
-    out = {}
-    for node in root.iterfind("devices/disk"):
-        target = node.find("target")
-        if node.get("device", "disk") == "disk" and target is not None:
-            out[target.get("dev", "")] = node
-    return out
-
-
 def _point_disk(node: ET.Element, path: Path, fmt: str) -> None:
     """Make a disk element use the new image file."""
     node.set("type", "file")
@@ -121,7 +112,7 @@ def import_domain(conn: libvirt.virConnect, request: ImportRequest, *, name: str
     fmt = request.disk_format or "qcow2"
     if fmt not in ("qcow2", "raw"):
         raise ProviderError(f"disk format {fmt!r}: kvm imports write qcow2 or raw images")
-    nodes = _disk_nodes(root)
+    nodes = domainxml.disk_elements(root)
     missing = sorted(set(request.disks) - set(nodes))
     if missing:
         raise ProviderError(f"the backup's configuration has no disk {', '.join(missing)}")

@@ -18,6 +18,7 @@ from sbr_plugins.kvm import checkpoint, domainxml
 from sbr_plugins.kvm.connection import (
     ERR_AGENT_UNRESPONSIVE,
     ERR_ARGUMENT_UNSUPPORTED,
+    ERR_NO_DOMAIN_SNAPSHOT,
     error_code,
     error_text,
     libvirt_module,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     import libvirt
 
 KINDS = ("internal", "external")
-ERR_NO_DOMAIN_SNAPSHOT = 72
 
 
 def _snapshot(snap: libvirt.virDomainSnapshot) -> Snapshot:
