@@ -333,16 +333,17 @@ def start_import(raw_id: str) -> Any:
         raise ConfigError("import request", problems)
     if backup.state != "complete":
         raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
-    if backup.instance.kind != "vm":
-        raise ConflictError(f"backup {backup.id} is of a {backup.instance.kind}, not a VM")
+    instance = Instance.get_by_id(backup.instance_id)  # the catalog row has only its name
+    if instance.kind != "vm":
+        raise ConflictError(f"backup {backup.id} is of a {instance.kind}, not a VM")
     params: dict[str, Any] = {k: body[k] for k in _IMPORT_FIELDS
                               if k in body and k not in ("confirm", "disks")}
     params.update(backup_id=backup.id, disks=disks)
     engine = _engine()
     workflow = workflows.create_workflow(
-        engine["db"], "restore-import", instance=backup.instance, params=params,
+        engine["db"], "restore-import", instance=instance, params=params,
         requested_by=_actor(), host=engine["host"], priority=workflows.RESTORE_PRIORITY)
-    audit.record("import.start", actor=_actor(), target=backup.instance.name,
+    audit.record("import.start", actor=_actor(), target=instance.name,
                  detail={"workflow_id": workflow.id, "backup_id": backup.id,
                          "name": name, "replace": bool(replace)},
                  remote_addr=request.remote_addr or "")

@@ -54,6 +54,7 @@ BUILTIN_COMMANDS = {
     "backup": "sbr_core.cli.work:backup",
     "backups": "sbr_core.cli.work:backups",
     "restore": "sbr_core.cli.work:restore",
+    "import": "sbr_core.cli.work:import_vm",
     "tasks": "sbr_core.cli.work:tasks",
     "task": "sbr_core.cli.work:task",
     "cancel": "sbr_core.cli.work:cancel",

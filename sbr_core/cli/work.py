@@ -1,5 +1,5 @@
-"""Work through the server's REST API: ``sbr backup``, ``backups``, ``restore``, ``tasks``,
-``task`` and ``cancel``.
+"""Work through the server's REST API: ``sbr backup``, ``backups``, ``restore``, ``import``,
+``tasks``, ``task`` and ``cancel``.
 
 These commands act as a user (``sbr login``, or ``SBR_SERVER``/``SBR_TOKEN``), never on the
 database directly, so the server checks the role and writes the audit log. A task is a
@@ -81,6 +81,9 @@ def _what(flow: dict[str, Any]) -> str:
         return text + (f" to {flow['destination']}" if flow.get("destination") else "")
     if flow["kind"] == "restore":
         return f"restore of backup {params.get('backup_id')} to {params.get('path')}"
+    if flow["kind"] == "restore-import":
+        into = "over the original" if params.get("replace") else f"as {params.get('name')}"
+        return f"import of backup {params.get('backup_id')} {into}"
     if flow.get("instance"):
         return f"{flow['kind']} of {flow['instance']}"
     return f"{flow['kind']} on {flow['destination']}" if flow.get("destination") \
@@ -207,6 +210,11 @@ def _outcome(detail: dict[str, Any]) -> str:
     if "files" in figures:
         return (f"{head} succeeded: {figures['files']} files, "
                 f"{size(figures.get('bytes', 0))}")
+    if "external_id" in figures:
+        return f"{head} succeeded: VM {figures['name']} ({figures['external_id']})"
+    if "disks" in figures:
+        return (f"{head} succeeded: {figures['disks']} disk image(s), "
+                f"{size(figures.get('bytes', 0))}")
     return f"{head} succeeded"
 
 
@@ -279,16 +287,86 @@ def backups(instance: str | None, destination: str | None, show_all: bool, limit
               help="Absolute path on the node to restore into.")
 @click.option("--include", default="",
               help="Only this path of the backup (a file or a directory and all below it).")
+@click.option("--format", "image_format", type=click.Choice(["raw", "qcow2"]),
+              help="VM backups: the format of the disk images (default raw).")
+@click.option("--disk", "disks", multiple=True, metavar="KEY",
+              help="VM backups: only this disk (e.g. vda); repeat for more. Default: all.")
 @click.option("--wait", is_flag=True, help="Wait until it ends; non-zero exit if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
-def restore(backup_id: str, target: str, include: str, wait: bool, as_json: bool) -> None:
-    """Restore the files of backup BACKUP_ID on a node."""
+def restore(backup_id: str, target: str, include: str, image_format: str | None,
+            disks: tuple[str, ...], wait: bool, as_json: bool) -> None:
+    """Restore backup BACKUP_ID on a node: the files of a file backup, or the disks of a VM
+    backup as image files (one per disk, with the VM's configuration beside them) in the
+    directory --to."""
     number = _whole(backup_id, "BACKUP_ID")
     body: dict[str, Any] = {"to": target}
     if include:
         body["include"] = include
+    if image_format:
+        body["format"] = image_format
+    if disks:
+        body["disks"] = list(disks)
     client = _client()
     _started(client, client.post(f"/backups/{number}/restore", body), wait=wait,
+             as_json=as_json)
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``OLD=NEW`` option values as a mapping; a value without ``=`` is a usage error."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old:
+            raise UsageError(f"{option}: expected OLD=NEW, not {value!r}")
+        pairs[old] = new
+    return pairs
+
+
+@click.command("import")
+@click.argument("backup_id")
+@click.option("--name", help="The new VM's name.")
+@click.option("--directory", help="Absolute path on the node for the new VM's disk images.")
+@click.option("--pool", help="Storage pool for the new VM's disk images (KVM: a dir pool).")
+@click.option("--disk-target", "disk_targets", multiple=True, metavar="KEY=PATH",
+              help="Where one disk's image goes, e.g. vda=/srv/vm/new.qcow2; repeatable.")
+@click.option("--disk-format", type=click.Choice(["raw", "qcow2"]),
+              help="Image format of the new disks (default: as backed up).")
+@click.option("--network", "networks", multiple=True, metavar="OLD=NEW",
+              help="Connect NICs on network OLD to NEW instead (NEW empty: drop them); "
+                   "repeatable.")
+@click.option("--disk", "disks", multiple=True, metavar="KEY",
+              help="Only this disk (e.g. vda); repeat for more. Default: all.")
+@click.option("--power-on", is_flag=True, help="Start the VM once it is imported.")
+@click.option("--keep-identity", is_flag=True,
+              help="Keep the backed-up UUID and MAC addresses (default: new ones).")
+@click.option("--replace", is_flag=True,
+              help="Overwrite the original VM, which must be shut off (needs --confirm).")
+@click.option("--confirm", metavar="VM", help="With --replace: the original VM's name.")
+@click.option("--wait", is_flag=True, help="Wait until it ends; non-zero exit if it fails.")
+@click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
+def import_vm(backup_id: str, name: str | None, directory: str | None, pool: str | None,
+              disk_targets: tuple[str, ...], disk_format: str | None,
+              networks: tuple[str, ...], disks: tuple[str, ...], power_on: bool,
+              keep_identity: bool, replace: bool, confirm: str | None, wait: bool,
+              as_json: bool) -> None:
+    """Recreate the VM of backup BACKUP_ID on its hypervisor: as a new VM (--name and
+    --directory, --pool or --disk-target), or over the original with --replace."""
+    number = _whole(backup_id, "BACKUP_ID")
+    body: dict[str, Any] = {"power_on": power_on, "new_identity": not keep_identity}
+    if replace:
+        body.update(replace=True, confirm=confirm or "")
+    for key, value in (("name", name), ("directory", directory), ("pool", pool),
+                       ("disk_format", disk_format)):
+        if value:
+            body[key] = value
+    if disk_targets:
+        body["disk_targets"] = _pairs(disk_targets, "--disk-target")
+    if networks:
+        body["network_map"] = _pairs(networks, "--network")
+    if disks:
+        body["disks"] = list(disks)
+    client = _client()
+    _started(client, client.post(f"/backups/{number}/import", body), wait=wait,
              as_json=as_json)
 
 

@@ -102,14 +102,17 @@ class TaskReporter:
 
 
 class _TaskLogHandler(logging.Handler):
-    """Copies a task logger's records into its heartbeat's log lines."""
+    """Copies a workflow run's log records into the current task's heartbeat, so that what
+    an earlier step's context says when it closes (an export's snapshot removed after a
+    failed store) lands in the log of the task that ended it."""
 
-    def __init__(self, reporter: TaskReporter) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.reporter = reporter
+        self.reporter: TaskReporter | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.log(record.levelname.lower(), record.getMessage())
+        if self.reporter is not None:
+            self.reporter.log(record.levelname.lower(), record.getMessage())
 
 
 class WorkflowRun:
@@ -128,6 +131,12 @@ class WorkflowRun:
         self.error = ""
         self._contexts: list[AbstractContextManager[Any]] = []
         self.export: ItemExport | VmExport | None = None
+        # A logger of its own, outside logging's registry (which keeps every named logger
+        # for good), passing records on to "sbr.task" as a child would.
+        self._logger = logging.Logger(f"sbr.task.workflow-{order['workflow']['id']}")
+        self._logger.parent = logging.getLogger("sbr.task")
+        self._log_handler = _TaskLogHandler()
+        self._logger.addHandler(self._log_handler)
         self.provider: Provider | None = None  # the export's, told later how it ended
 
     # --- the loop ---------------------------------------------------------------------------
@@ -147,12 +156,8 @@ class WorkflowRun:
         workflow = order["workflow"]
         reporter = TaskReporter(self.client, task["id"], task["attempt"],
                                 interval=self.heartbeat_seconds)
-        # A logger of its own, outside logging's registry (which keeps every named logger
-        # for good), passing records on to "sbr.task" as a child would.
-        logger = logging.Logger(f"sbr.task.{task['id']}")
-        logger.parent = logging.getLogger("sbr.task")
-        handler = _TaskLogHandler(reporter)
-        logger.addHandler(handler)
+        logger = self._logger
+        self._log_handler.reporter = reporter
         op = Operation(task_id=task["id"], logger=logger, staging_dir=self.staging_dir,
                        report=reporter.progress, is_cancelled=reporter.cancel.is_set)
         context = StepContext(
@@ -163,26 +168,27 @@ class WorkflowRun:
         reporter.start()
         state, error, result = "succeeded", "", {}
         try:
-            outcome = self.host.run_step(context, lambda: self._step(order, context))
-            result = dict(outcome.figures)
-            if outcome.summary:
-                reporter.log("info", outcome.summary)
-        except TaskCancelled:
-            state, error = "cancelled", "cancelled by request"
-        except SbrError as exc:
-            state, error = ("cancelled", "cancelled by request") if reporter.cancel.is_set() \
-                else ("failed", str(exc))
-        except Exception as exc:  # a plugin bug fails the task, never the node
-            state, error = "failed", f"internal error in step {task['step']!r}: {exc!r}"
-            reporter.log("error", traceback.format_exc(limit=20))
+            try:
+                outcome = self.host.run_step(context, lambda: self._step(order, context))
+                result = dict(outcome.figures)
+                if outcome.summary:
+                    reporter.log("info", outcome.summary)
+            except TaskCancelled:
+                state, error = "cancelled", "cancelled by request"
+            except SbrError as exc:
+                state, error = ("cancelled", "cancelled by request") \
+                    if reporter.cancel.is_set() else ("failed", str(exc))
+            except Exception as exc:  # a plugin bug fails the task, never the node
+                state, error = "failed", f"internal error in step {task['step']!r}: {exc!r}"
+                reporter.log("error", traceback.format_exc(limit=20))
+            if state != "succeeded":
+                self.error = self.error or error
+                self._close_contexts(failed=True)  # while its log still reaches this task
+            else:
+                self.results[task["step"]] = result
         finally:
             reporter.stop()
-            logger.removeHandler(handler)
-        if state != "succeeded":
-            self.error = self.error or error
-            self._close_contexts(failed=True)
-        else:
-            self.results[task["step"]] = result
+            self._log_handler.reporter = None
         if reporter.lost:
             return None  # another node has it now; our report would be refused
         return self._finish(task, state, result, error, reporter.drain())

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 from sbr_core.db.schema import ApiToken, AuditLog, Policy, Schedule
+from tests.api_server import PASSWORD, ApiServer
 from tests.cli_runs import as_json, ok, one_line_error, sbr
-from tests.integration.api.conftest import PASSWORD, ApiServer
 
 
 def _login(api: ApiServer, user: str = "admin") -> None:

@@ -21,7 +21,7 @@ from sbr_core.db.schema import (
     ProviderConnection,
     Schedule,
 )
-from tests.integration.api.conftest import ApiServer
+from tests.api_server import ApiServer
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-very-secret"  # a made-up key to look for
 

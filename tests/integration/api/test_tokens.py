@@ -11,7 +11,7 @@ import urllib.request
 from sbr_core import apitokens
 from sbr_core.db.schema import ApiToken, AuditLog, User
 from sbr_core.engine import nodes
-from tests.integration.api.conftest import PASSWORD, ApiServer
+from tests.api_server import PASSWORD, ApiServer
 
 
 def test_a_token_from_user_name_and_password_acts_as_that_user(api_server: ApiServer) -> None:

@@ -27,7 +27,7 @@ from sbr_core.db.schema import (
 from sbr_core.plugins import PluginHost
 from sbr_core.providers import ProviderKind
 from sbr_core.secretbox import SecretBox, load_or_create_key
-from tests.integration.api.conftest import ApiServer
+from tests.api_server import ApiServer
 
 HOUR = dt.timedelta(hours=1)
 
@@ -351,6 +351,60 @@ def test_bad_restore_requests_name_the_field_and_queue_nothing(
     backup = _catalog_row(site)
     _error(api_server.call("POST", f"/backups/{backup.id}/restore", body, user="operator"),
            400, field)
+    assert Workflow.select().count() == 0
+
+
+def _vm_backup(site: dict[str, Any]) -> Backup:
+    vm = Instance.create(connection=site["connection"], external_id="uuid-1", name="web1",
+                         kind="vm")
+    return _catalog_row(site, instance=vm)
+
+
+def test_an_import_is_queued_with_its_parameters_and_audited(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    backup = _vm_backup(site)
+    status, flow = api_server.call("POST", f"/backups/{backup.id}/import", {
+        "name": "web1-copy", "directory": "/srv/vms", "network_map": {"lan": ""},
+        "power_on": True, "disks": ["vda"]}, user="operator")
+    assert status == 201, flow
+    assert flow["kind"] == "restore-import" and flow["instance"] == "web1"
+    assert [s["step"] for s in flow["steps"]] == ["restore", "import"]
+    assert flow["params"] == {"backup_id": backup.id, "name": "web1-copy",
+                              "directory": "/srv/vms", "network_map": {"lan": ""},
+                              "power_on": True, "disks": ["vda"]}
+    entry = AuditLog.get(AuditLog.action == "import.start")
+    assert entry.username == "operator" and entry.target == "web1"
+    assert entry.detail["replace"] is False
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"directory": "/srv/vms"}, "name"), ({"name": "a/b", "directory": "/srv"}, "name"),
+    ({"name": "copy"}, "directory"), ({"name": "copy", "directory": "srv"}, "directory"),
+    ({"name": "copy", "directory": "/srv", "disk_format": "vmdk"}, "disk_format"),
+    ({"name": "copy", "directory": "/srv", "network_map": ["lan"]}, "network_map"),
+    ({"name": "copy", "disk_targets": {"vda": "rel.qcow2"}}, "disk_targets"),
+    ({"name": "copy", "directory": "/srv", "power_on": "yes"}, "power_on"),
+    ({"name": "copy", "directory": "/srv", "disks": "vda"}, "disks"),
+    ({"replace": True}, "confirm"), ({"replace": True, "confirm": "other"}, "confirm"),
+    ({"name": "copy", "directory": "/srv", "cluster": "c1"}, "cluster"),
+])
+def test_bad_import_requests_name_the_field_and_queue_nothing(
+        api_server: ApiServer, site: dict[str, Any], body: dict[str, Any], field: str) -> None:
+    backup = _vm_backup(site)
+    _error(api_server.call("POST", f"/backups/{backup.id}/import", body, user="operator"),
+           400, field)
+    assert Workflow.select().count() == 0
+
+
+def test_imports_of_file_backups_or_by_viewers_are_refused(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    share_backup = _catalog_row(site)
+    body = {"name": "copy", "directory": "/srv"}
+    _error(api_server.call("POST", f"/backups/{share_backup.id}/import", body,
+                           user="operator"), 409, "of a share, not a VM")
+    vm_backup = _vm_backup(site)
+    assert api_server.call("POST", f"/backups/{vm_backup.id}/import", body,
+                           user="viewer")[0] == 403
     assert Workflow.select().count() == 0
 
 

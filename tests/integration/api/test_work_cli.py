@@ -18,20 +18,9 @@ from typing import Any
 import pytest
 
 from sbr_core.db.schema import AuditLog, Backup, Workflow
-from sbr_core.engine import nodes
-from tests.cli_runs import SBR, as_json, ok, one_line_error, sbr, terminate
-from tests.integration.api.conftest import ApiServer
+from tests.api_server import ApiServer, Cli
+from tests.cli_runs import SBR, as_json, ok, one_line_error, sbr
 from tests.integration.api.test_work_api import make_site
-
-
-class Cli:
-    """Runs ``sbr`` as one user of the server (SBR_SERVER and SBR_TOKEN set)."""
-
-    def __init__(self, server: ApiServer, user: str) -> None:
-        self.env = {**server.env, "SBR_SERVER": server.url, "SBR_TOKEN": server.token(user)}
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return sbr(*args, env=self.env, timeout=120)
 
 
 def run_with_terminal_stderr(args: list[str], env: dict[str, str]
@@ -78,18 +67,8 @@ def operator(api_server: ApiServer) -> Cli:
 @pytest.fixture
 def node(api_server: ApiServer, site: dict[str, Any], tmp_path: Path) -> Iterator[None]:
     """A real ``sbr node`` working for the server."""
-    _, token = nodes.add_node("n1")
-    log = tmp_path / "node.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [*SBR, "node", "--server", api_server.url, "--token", token, "--poll", "0.2",
-             "--heartbeat", "0.5", "--staging-dir", str(tmp_path / "stage")],
-            env=api_server.env, stdout=output, stderr=subprocess.STDOUT, text=True)
-    try:
+    with api_server.node("n1", tmp_path):
         yield
-    finally:
-        terminate(process)
-        assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_backup_wait_lists_the_backup_and_restore_wait_writes_the_files(
