@@ -8,6 +8,7 @@ A policy document (the REST API's JSON, what ``sbr policy add`` sends) is::
      "rules": [{"name": "^web", "tag": "prod"}],
      "schedules": [{"kind": "daily", "at": "02:30", "window_minutes": 120}],
      "retention": {"last": 7, "daily": 14},  # snapshot policies: {"keep_snapshots": N}
+     "options": {"quiesce": true},           # see OPTIONS
      "priority": 50, "enabled": true}
 
 :func:`parse_policy` checks all of it and raises one ConfigError naming every bad field
@@ -20,6 +21,7 @@ Members matched by rules are the scheduler's business
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -47,7 +49,16 @@ from sbr_core.repository.retention import parse_retention
 
 KINDS = ("backup", "snapshot")
 FIELDS = ("name", "kind", "destination", "instances", "rules", "schedules", "retention",
-          "priority", "enabled")
+          "options", "priority", "enabled")
+#: The options each kind of policy takes, passed to its workflows as ``params["options"]``
+#: (the export's ``ExportRequest.quiesce``/``options``, the snapshot step's
+#: ``create_snapshot``): name -> (allowed values, default).
+OPTIONS: dict[str, dict[str, tuple[tuple[Any, ...], Any]]] = {
+    "backup": {"quiesce": ((True, False), True)},
+    "snapshot": {"kind": (("internal", "external"), "internal"),
+                 "memory": ((True, False), False),
+                 "quiesce": ((True, False), True)},
+}
 DEFAULT_PRIORITY = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 EXPLICIT = "explicit"
@@ -64,6 +75,7 @@ class PolicySpec:
     rules: tuple[MembershipRule, ...]
     schedules: tuple[ScheduleSpec, ...]
     retention: Mapping[str, int]
+    options: Mapping[str, Any]
     priority: int
     enabled: bool
 
@@ -111,7 +123,8 @@ def describe_policy(policy: Policy) -> dict[str, Any]:
     return {"id": policy.id, "name": policy.name, "kind": policy.kind,
             "destination": destination, "instances": [e["id"] for e in explicit],
             "rules": list(policy.rules or []), "schedules": schedules,
-            "retention": dict(policy.retention or {}), "priority": policy.priority,
+            "retention": dict(policy.retention or {}),
+            "options": dict(policy.options or {}), "priority": policy.priority,
             "enabled": policy.enabled, "members": {"explicit": explicit, "rules": by_rule},
             "created_at": _iso(policy.created_at), "updated_at": _iso(policy.updated_at)}
 
@@ -151,6 +164,7 @@ def parse_policy(data: Mapping[str, Any], *, subject: str = "invalid policy") ->
                      ())
     schedules = _schedules(data.get("schedules"), problems)
     retention = _retention(data.get("retention"), kind, problems)
+    options = _options(data.get("options"), kind, problems)
 
     priority = data.get("priority", DEFAULT_PRIORITY)
     if isinstance(priority, bool) or not isinstance(priority, int) \
@@ -164,7 +178,8 @@ def parse_policy(data: Mapping[str, Any], *, subject: str = "invalid policy") ->
         raise ConfigError(subject, problems)
     return PolicySpec(name=str(name), kind=str(kind), destination_id=destination_id,
                       instance_ids=instance_ids, rules=rules, schedules=schedules,
-                      retention=retention, priority=int(priority), enabled=bool(enabled))
+                      retention=retention, options=options, priority=int(priority),
+                      enabled=bool(enabled))
 
 
 def _collect(problems: dict[str, str], parse: Any, fallback: Any) -> Any:
@@ -261,6 +276,30 @@ def _retention(value: object, kind: object, problems: dict[str, str]) -> dict[st
     return rules.to_dict() if rules is not None else {}
 
 
+def _options(value: object, kind: object, problems: dict[str, str]) -> dict[str, Any]:
+    """The options given, checked against :data:`OPTIONS` (defaults are not stored, so a
+    later default applies to policies that never chose)."""
+    if value is None:
+        return {}
+    allowed = OPTIONS.get(str(kind), {})
+    if not isinstance(value, Mapping):
+        problems["options"] = "expected an object such as {\"quiesce\": true}"
+        return {}
+    chosen: dict[str, Any] = {}
+    for key, given in value.items():
+        if key not in allowed:
+            problems[f"options.{key}"] = (f"{kind} policies take only "
+                                          f"{', '.join(allowed) or 'no options'}")
+            continue
+        values, _default = allowed[key]
+        if isinstance(given, bool) is not isinstance(values[0], bool) or given not in values:
+            shown = ", ".join(json.dumps(v) if isinstance(v, bool) else str(v) for v in values)
+            problems[f"options.{key}"] = f"must be one of {shown} (got {given!r})"
+            continue
+        chosen[str(key)] = given
+    return chosen
+
+
 # --- writing ------------------------------------------------------------------------------
 
 
@@ -271,8 +310,8 @@ def save_policy(db: pw.Database, spec: PolicySpec, *, existing: Policy | None = 
     now = utcnow()
     fields = {"name": spec.name, "kind": spec.kind, "destination": spec.destination_id,
               "rules": [rule.to_dict() for rule in spec.rules],
-              "retention": dict(spec.retention), "priority": spec.priority,
-              "enabled": spec.enabled, "updated_at": now}
+              "retention": dict(spec.retention), "options": dict(spec.options),
+              "priority": spec.priority, "enabled": spec.enabled, "updated_at": now}
     clash = Policy.get_or_none(Policy.name == spec.name)
     if clash is not None and (existing is None or clash.id != existing.id):
         raise ConflictError(f"name: a policy named {spec.name!r} already exists")

@@ -187,10 +187,12 @@ def start_backup() -> Any:
                            "policy with a destination"})
     else:
         destination = chosen[1]
+    params: dict[str, Any] = {"destination_id": destination.id, "full": full}
+    if policy is not None and policy.options:
+        params["options"] = dict(policy.options)  # how the policy backs it up (quiesce)
     engine = _engine()
     workflow = workflows.create_workflow(
-        engine["db"], "backup", instance=instance, policy=policy,
-        params={"destination_id": destination.id, "full": full},
+        engine["db"], "backup", instance=instance, policy=policy, params=params,
         requested_by=_actor(), host=engine["host"])
     audit.record("backup.start", actor=_actor(), target=instance.name,
                  detail={"workflow_id": workflow.id, "instance_id": instance.id,

@@ -75,7 +75,7 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+def key_value_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     """``KEY=VALUE`` options as a dict (the last of a repeated key wins)."""
     result: dict[str, str] = {}
     for item in values:
@@ -194,7 +194,7 @@ def _connection_group(noun: str, path: str, plural: str) -> click.Group:
                   help="A setting to change (repeatable); the others stay.")
     def update_command(name: str, values: tuple[str, ...]) -> None:
         ApiClient.from_environment().put(f"{path}/{_quote(name)}",
-                                         {"settings": _pairs(values, "--set")})
+                                         {"settings": key_value_pairs(values, "--set")})
         click.echo(f"{noun} {name!r} updated")
 
     update_command.help = f"Change settings of a {noun}."
@@ -214,7 +214,7 @@ destination.help = "Manage backup destinations on the server."
 def destination_add(name: str, plugin: str, values: tuple[str, ...]) -> None:
     """Add a destination; the server validates its settings and seals the secrets."""
     ApiClient.from_environment().post("/destinations", {
-        "name": name, "plugin": plugin, "settings": _pairs(values, "--set")})
+        "name": name, "plugin": plugin, "settings": key_value_pairs(values, "--set")})
     click.echo(f"destination {name!r} added")
 
 
@@ -272,7 +272,7 @@ def provider_add(name: str, plugin: str, kind: str | None, values: tuple[str, ..
                  test: bool) -> None:
     """Add a provider connection."""
     body: dict[str, Any] = {"name": name, "plugin": plugin,
-                            "settings": _pairs(values, "--set"), "test": test}
+                            "settings": key_value_pairs(values, "--set"), "test": test}
     if kind:
         body["kind"] = kind
     answer = ApiClient.from_environment().post("/providers", body)
@@ -403,12 +403,20 @@ def policy() -> None:
 @click.option("--keep-monthly", type=int, help="Keep the newest backup of N months.")
 @click.option("--keep-yearly", type=int, help="Keep the newest backup of N years.")
 @click.option("--keep-snapshots", type=int, help="Snapshots to keep (snapshot policies).")
+@click.option("--no-quiesce", is_flag=True,
+              help="Do not freeze the guest's file systems (default: freeze when its agent "
+                   "answers).")
+@click.option("--snapshot-kind", type=click.Choice(["internal", "external"]),
+              help="Snapshot policies: internal (default) or external (disk-only overlays).")
+@click.option("--memory", is_flag=True,
+              help="Snapshot policies: include the running guest's memory.")
 @click.option("--priority", type=int, help="0-100, higher runs first (default 50).")
 @click.option("--disabled", is_flag=True, help="Create it switched off.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored policy as JSON.")
 def policy_add(name: str, kind: str, destination: str | None, instance_refs: tuple[str, ...],
                rules: tuple[str, ...], schedules: tuple[str, ...], window: int | None,
-               timezone: str | None, keep_snapshots: int | None, priority: int | None,
+               timezone: str | None, keep_snapshots: int | None, no_quiesce: bool,
+               snapshot_kind: str | None, memory: bool, priority: int | None,
                disabled: bool, as_json: bool, **keep: int | None) -> None:
     """Add a policy; the server checks every field and names the ones that are wrong."""
     body: dict[str, Any] = {
@@ -426,6 +434,15 @@ def policy_add(name: str, kind: str, destination: str | None, instance_refs: tup
         retention["keep_snapshots"] = keep_snapshots
     if retention or kind == "snapshot":
         body["retention"] = retention
+    options: dict[str, Any] = {}
+    if no_quiesce:
+        options["quiesce"] = False
+    if snapshot_kind:
+        options["kind"] = snapshot_kind
+    if memory:
+        options["memory"] = True
+    if options:
+        body["options"] = options
     if priority is not None:
         body["priority"] = priority
     stored = ApiClient.from_environment().post("/policies", body)

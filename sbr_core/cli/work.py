@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from sbr_core.cli.admin import key_value_pairs
 from sbr_core.cli.api_client import ApiClient, ApiError
 from sbr_core.cli.output import size
 from sbr_core.errors import SbrError, TaskCancelled, UsageError
@@ -311,17 +312,6 @@ def restore(backup_id: str, target: str, include: str, image_format: str | None,
              as_json=as_json)
 
 
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    """``OLD=NEW`` option values as a mapping; a value without ``=`` is a usage error."""
-    pairs: dict[str, str] = {}
-    for value in values:
-        old, sep, new = value.partition("=")
-        if not sep or not old:
-            raise UsageError(f"{option}: expected OLD=NEW, not {value!r}")
-        pairs[old] = new
-    return pairs
-
-
 @click.command("import")
 @click.argument("backup_id")
 @click.option("--name", help="The new VM's name.")
@@ -360,9 +350,9 @@ def import_vm(backup_id: str, name: str | None, directory: str | None, pool: str
         if value:
             body[key] = value
     if disk_targets:
-        body["disk_targets"] = _pairs(disk_targets, "--disk-target")
+        body["disk_targets"] = key_value_pairs(disk_targets, "--disk-target")
     if networks:
-        body["network_map"] = _pairs(networks, "--network")
+        body["network_map"] = key_value_pairs(networks, "--network")
     if disks:
         body["disks"] = list(disks)
     client = _client()

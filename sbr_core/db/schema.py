@@ -119,6 +119,7 @@ class Policy(BaseModel):
     destination_id: int | None
     rules = JsonField(default=list)
     retention = JsonField(default=dict)
+    options = JsonField(default=dict)  # migration 7: passed to the work (see policies.OPTIONS)
     priority = pw.IntegerField(default=50)
     enabled = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)

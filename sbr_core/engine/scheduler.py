@@ -165,6 +165,8 @@ def _run_policy(db: pw.Database, policy: Policy, host: PluginHost | None,
     else:
         params["keep_snapshots"] = int((policy.retention or {}).get("keep_snapshots", 0))
         params["policy"] = policy.name  # names its snapshots, so pruning finds only its own
+    if policy.options:
+        params["options"] = dict(policy.options)
     instances = members(policy)
     created, busy = create_workflows(db, kind, instances, policy=policy, params=params,
                                      requested_by=f"policy:{policy.name}", host=host)

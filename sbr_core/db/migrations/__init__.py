@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATION_TABLE = "sbr_schema_migration"
 _MODULES = ("m0001_identity", "m0002_connections", "m0003_operations", "m0004_engine",
-            "m0005_membership", "m0006_task_priority")
+            "m0005_membership", "m0006_task_priority", "m0007_policy_options")
 
 
 @attrs.frozen

@@ -106,8 +106,13 @@ def test_configure_a_backup_policy_from_the_command_line(api_server: ApiServer,
     Schedule.update(expression=broken.expression).where(Schedule.id == broken.id).execute()
 
     ok(api_server.sbr("policy", "add", "snaps", "--kind", "snapshot", "--instance", "db-1",
-                      "--schedule", "@daily", "--keep-snapshots", "3"))
-    assert Policy.get(Policy.name == "snaps").retention == {"keep_snapshots": 3}
+                      "--schedule", "@daily", "--keep-snapshots", "3",
+                      "--snapshot-kind", "external", "--no-quiesce"))
+    snaps = Policy.get(Policy.name == "snaps")
+    assert snaps.retention == {"keep_snapshots": 3}
+    assert snaps.options == {"kind": "external", "quiesce": False}
+    assert 'options: {"kind": "external", "quiesce": false}' in ok(
+        api_server.sbr("policy", "show", "snaps")).stdout
     one_line_error(api_server.sbr("destination", "remove", "disk1"),
                    "used by policies: nightly")
     ok(api_server.sbr("policy", "remove", "nightly"))

@@ -321,8 +321,11 @@ def test_policy_round_trip(api_server: ApiServer, tmp_path: Path, share: Path) -
     snapshot = _ok(api_server.call("POST", "/policies", {
         "name": "snaps", "kind": "snapshot", "instances": [ids["alpha"]],
         "schedules": [{"kind": "daily", "at": "01:00"}],
-        "retention": {"keep_snapshots": 3}}, user="admin"), 201)
+        "retention": {"keep_snapshots": 3},
+        "options": {"kind": "external", "quiesce": False}}, user="admin"), 201)
     assert snapshot["destination"] is None and snapshot["retention"] == {"keep_snapshots": 3}
+    assert snapshot["options"] == {"kind": "external", "quiesce": False}
+    assert created["options"] == {}  # defaults are not stored: later defaults still apply
 
     assert _ok(api_server.call("DELETE", "/policies/nightly", user="admin"))["removed"] == \
         "nightly"
@@ -368,6 +371,15 @@ def test_bad_policies_are_refused_naming_every_field(api_server: ApiServer,
     _refused(post(kind="archive"), 400, "kind: must be one of backup, snapshot")
     _refused(post(enabled="yes"), 400, "enabled: must be true or false")
     _refused(post(colour="red"), 400, "colour: unknown field")
+    _refused(post(options={"quiesce": "no"}), 400,
+             "options.quiesce: must be one of true, false (got 'no')")
+    _refused(post(options={"kind": "external"}), 400,
+             "options.kind: backup policies take only quiesce")
+    _refused(post(options=["quiesce"]), 400, "options: expected an object")
+    _refused(api_server.call("POST", "/policies", {
+        "name": "s", "kind": "snapshot", "retention": {"keep_snapshots": 2},
+        "options": {"kind": "fast", "memory": 1}}, user="admin"), 400,
+        "options.kind: must be one of internal, external", "options.memory:")
     _refused(api_server.call("POST", "/policies", {"name": "a b", "destination": "disk1"},
                              user="admin"), 400, "name: 'a b' is invalid")
     _refused(api_server.call("POST", "/policies", {"name": "s", "kind": "snapshot",

@@ -98,6 +98,21 @@ def test_a_new_schedule_waits_for_its_first_time(world: dict[str, Any]) -> None:
     assert all(f.params["destination_id"] == world["destination"].id for f in flows)
 
 
+def test_a_policys_options_go_with_the_work_it_starts(world: dict[str, Any]) -> None:
+    backups = _policy(world, "nightly", explicit=("web-1",))
+    Policy.update(options={"quiesce": False}).where(Policy.id == backups.id).execute()
+    snapshots = Policy.create(name="hourly", kind="snapshot", retention={"keep_snapshots": 2},
+                              options={"kind": "external"})
+    PolicyInstance.create(policy=snapshots, instance=world["instances"]["db-1"])
+    Schedule.create(policy=snapshots, kind="daily", expression="02:00")
+    scheduler.schedule_pass(world["db"], now=NOW)
+    scheduler.schedule_pass(world["db"], now=dt.datetime(2026, 3, 11, 2, 0, 5))
+    params = {f.kind: f.params for f in Workflow.select()}
+    assert params["backup"]["options"] == {"quiesce": False}
+    assert params["snapshot"] == {"keep_snapshots": 2, "policy": "hourly",
+                                  "options": {"kind": "external"}}
+
+
 def test_a_schedule_missed_for_days_runs_once_not_once_per_day(world: dict[str, Any]) -> None:
     policy = _policy(world, "nightly", rules=[{"tag": "prod"}])
     Schedule.update(next_run_at=NOW - dt.timedelta(days=5)).execute()  # server was down
