@@ -36,9 +36,11 @@ make_venv() {
 BASE_PACKAGES=(python3 python3-venv python3-dev gcc ca-certificates)
 
 # What the KVM tests need: a private libvirtd and virtlogd (tests/libvirtd.py) running TCG
-# domains, qemu-img/qemu-io, libvirt's headers for building libvirt-python, and libnbd.
+# domains, qemu-img/qemu-io, libvirt's headers for building libvirt-python, libnbd, and
+# saslpasswd2 + the SCRAM module for the daemon's SASL login (the wrong-credentials test).
 KVM_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
-              libvirt-clients libvirt-dev pkg-config python3-libnbd libnbd-bin)
+              libvirt-clients libvirt-dev pkg-config python3-libnbd libnbd-bin
+              sasl2-bin libsasl2-modules)
 
 # link_libnbd: libnbd's Python binding is not on PyPI; Debian builds it for the system
 # Python. Link it into the virtualenv when both Pythons have the same minor version (the

@@ -33,6 +33,10 @@ _BINARIES = ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "unshare"
 _OVERLAID = ("/etc", "/run", "/var")
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 QEMU_ACCOUNT = "libvirt-qemu"  # Debian's --with-qemu-user/--with-qemu-group
+#: The one SASL login of the read-only socket.
+SASL_USER = "sbr-reader"
+SASL_PASSWORD = "reader's password"
+_SASL_MODULES = ("lib/*/sasl2/libscram.so*", "lib/sasl2/libscram.so*", "lib64/sasl2/libscram.so*")
 
 # QEMU as root without AppArmor/SELinux, cgroups, per-VM namespaces or virtlogd: none of
 # these is available (or wanted) in a container or CI runner.
@@ -91,6 +95,21 @@ class PrivateLibvirtd:
         """The connection URI of this daemon (its private read-write socket)."""
         return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock'}"
 
+    @property
+    def sasl_uri(self) -> str:
+        """The read-only socket, which asks for a SASL login (:data:`SASL_USER`,
+        :data:`SASL_PASSWORD`) when :meth:`sasl_missing` is ''."""
+        return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock-ro'}"
+
+    @staticmethod
+    def sasl_missing() -> str:
+        """Why the read-only socket cannot ask for a SASL login here, or ''."""
+        if _find("saslpasswd2") is None:
+            return "saslpasswd2 is not installed (apt-get install sasl2-bin)"
+        if not any(Path("/usr").glob(pattern) for pattern in _SASL_MODULES):
+            return "the SASL SCRAM module is not installed (apt-get install libsasl2-modules)"
+        return ""
+
     @staticmethod
     def missing() -> str:
         """Why the daemons cannot be started here, or '' when they can."""
@@ -129,16 +148,31 @@ class PrivateLibvirtd:
                              if table == "passwd" else f"{QEMU_ACCOUNT}:x:{free}:")
             (self.base / "ovl/etc/upper" / table).write_text("\n".join(lines) + "\n")
         self.sock_dir.mkdir(mode=0o700)
+        ro_auth = "none"
+        if not self.sasl_missing():
+            self._write_sasl_config()
+            ro_auth = "sasl"
         (self.base / "libvirtd.conf").write_text(
             f'unix_sock_dir = "{self.sock_dir}"\n'
             'unix_sock_rw_perms = "0700"\n'
             'auth_unix_rw = "none"\n'
-            'auth_unix_ro = "none"\n'
+            f'auth_unix_ro = "{ro_auth}"\n'
             "listen_tcp = 0\n"
             "listen_tls = 0\n"
             f'log_outputs = "3:file:{self.base / "libvirtd.log"}"\n')
         (self.base / "virtlogd.conf").write_text(
             f'log_outputs = "3:file:{self.base / "virtlogd.log"}"\n')
+
+    def _write_sasl_config(self) -> None:
+        """libvirtd reads /etc/sasl2/libvirt.conf: in the overlay, with a user database of
+        our own holding one user."""
+        sasl = self.base / "ovl/etc/upper/sasl2"
+        sasl.mkdir(parents=True)
+        database = self.base / "sasl-users.db"
+        (sasl / "libvirt.conf").write_text(f"mech_list: scram-sha-256\nsasldb_path: {database}\n")
+        subprocess.run([_binary("saslpasswd2"), "-a", "libvirt", "-f", str(database), "-p",
+                        "-c", SASL_USER], input=SASL_PASSWORD.encode(), check=True,
+                       capture_output=True, timeout=30)
 
     def _script(self) -> str:
         b = self.base

@@ -1,7 +1,7 @@
 """What the KVM plugin does when things are not as they should be: a checkpoint chain
 broken outside SBR, a domain that vanishes mid-backup, a disk it cannot handle, a
-hypervisor it cannot reach. Each fails or falls back to a full backup with a clear reason,
-and leaves the domain as it was."""
+hypervisor it cannot reach or that refuses the login. Each fails or falls back to a full
+backup with a clear reason, and leaves the domain as it was."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from sbr_core.providers.base import ProviderContext
 from sbr_core.repository import Repository
 from sbr_plugins.kvm.hypervisor import KvmHypervisor
 from tests.integration.kvm.conftest import MiB, back_up, new_disk, qemu_img
-from tests.libvirtd import EMULATOR, PrivateLibvirtd
+from tests.libvirtd import EMULATOR, SASL_PASSWORD, SASL_USER, PrivateLibvirtd
+from tests.services import service_unavailable
 
 
 def _name() -> str:
@@ -136,3 +137,35 @@ def test_bad_uri_setting_names_the_field() -> None:
         structure_config(KvmHypervisor.Config, {"uri": "vmware://x"},
                          subject="hypervisor 'x'")
     assert "uri" in caught.value.problems
+
+
+def test_wrong_credentials_are_refused_by_name_and_not_retried(
+        libvirtd: PrivateLibvirtd, tmp_path: Path) -> None:
+    """The daemon's read-only socket asks for a SASL (SCRAM-SHA-256) login."""
+    missing = PrivateLibvirtd.sasl_missing()
+    if missing:
+        service_unavailable(missing)
+
+    def connect(**login: str) -> KvmHypervisor:
+        config = structure_config(
+            KvmHypervisor.Config,
+            {"uri": libvirtd.sasl_uri, "scratch_dir": str(tmp_path), **login},
+            subject="hypervisor 'locked'")
+        return KvmHypervisor(config, context=ProviderContext(name="locked"))
+
+    for login, hint in (({"username": SASL_USER, "password": "not it"},
+                         "wrong user name or password"),
+                        ({"username": "nobody", "password": SASL_PASSWORD},
+                         "wrong user name or password"),
+                        ({"username": SASL_USER},
+                         "asks for a password and none is configured")):
+        with connect(**login) as provider, pytest.raises(ProviderError) as caught:
+            provider.test_connection()
+        message = str(caught.value)
+        assert message.startswith(f"kvm connection 'locked': {libvirtd.sasl_uri} refused "
+                                  "the credentials"), message
+        assert hint in message and not caught.value.retryable
+        assert "not it" not in message and SASL_PASSWORD not in message
+    with connect(username=SASL_USER, password=SASL_PASSWORD) as provider:
+        provider.test_connection()
+        assert provider.inventory() is not None  # read-only is enough to list domains
