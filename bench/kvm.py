@@ -2,6 +2,7 @@
 
     python bench/kvm.py                          # 2 GiB disk of mixed content
     python bench/kvm.py --disk-size 256M --output /tmp/perf-test.md   # a quick check
+    python bench/kvm.py --disk-size 20G --no-peers   # does memory stay bounded? (SBR only)
 
 A private libvirtd (tests/libvirtd.py) runs a TCG domain whose qcow2 disk is the
 repository bench's seeded image (zeros, text, random, repeated blocks; zeros unallocated).
@@ -38,8 +39,7 @@ from repo_tools import Command, Measured, compile_sbr, debian_version, run_measu
 
 from tests.libvirtd import PrivateLibvirtd  # noqa: E402
 
-START = "<!-- bench:kvm:start -->"
-END = "<!-- bench:kvm:end -->"
+DEFAULT_SIZE = "2G"
 MiB = 1 << 20
 
 
@@ -92,6 +92,43 @@ def _measure(name: str, argv: list[str], logs: Path, env: dict[str, str]) -> Mea
     return result
 
 
+def _peers(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path, data: object,
+           disk: Path, size: int, rows: list[Row], facts: dict[str, object], logs: Path,
+           env: dict[str, str]) -> None:
+    """virtnbdbackup's full, incremental and restore on the domain; its directory is
+    measured, then removed (a 20 GiB run would not fit the disk otherwise)."""
+    vnb_dir = rundir / "vnb"
+    vnb = ["virtnbdbackup", "-U", daemon.uri, "-d", name, "-o", str(vnb_dir),
+           "-S", str(rundir / "scratch"), "-f", str(rundir / "vnb.sock"), "-n",
+           # 1.9.15 asks any qemu+… URI for credentials; the private daemon takes
+           # none and ignores these.
+           "--user", "root", "--password", "unused"]
+    # virtnbdbackup refuses to run beside checkpoints it did not make, so the tools
+    # take turns: each backs up, sees the same 2 % rewritten, backs up again and
+    # restores; virtnbdbackup's checkpoints are then removed.
+    log("virtnbdbackup: full, 2 % rewritten, incremental, restore ...")
+    rows.append(Row("virtnbdbackup", "full",
+                    _measure("vnb-full", [*vnb, "-l", "full"], logs, env), size))
+    changed = _guest_writes(dom, data.extents, 0)  # type: ignore[arg-type]
+    rows.append(Row("virtnbdbackup", "incremental",
+                    _measure("vnb-incr", [*vnb, "-l", "inc"], logs, env), changed))
+    vnb_out = rundir / "vnb-restore"
+    result = _measure("vnb-restore", ["virtnbdrestore", "-U", daemon.uri, "--user",
+                                      "root", "--password", "unused", "-i",
+                                      str(vnb_dir), "-o", str(vnb_out), "-n"],
+                      logs, env)
+    restored = next(iter(sorted(vnb_out.glob("vda*"))), None) if vnb_out.exists() \
+        else None
+    rows.append(Row("virtnbdbackup", "restore (qcow2)", result, size,
+                    _compare(restored, disk) if restored and not result.error
+                    else ""))
+    shutil.rmtree(vnb_out, ignore_errors=True)
+    for checkpoint in reversed(dom.listAllCheckpoints(0)):
+        checkpoint.delete(0)
+    facts["vnb_dir"] = _du(vnb_dir)
+    shutil.rmtree(vnb_dir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
     size = workload.parse_size(args.disk_size)
     data = workload.image(Path(args.workdir), size, args.seed, log=log)
@@ -112,44 +149,16 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
     try:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         with daemon.domain(name, disk, memory_mib=128) as dom:
+            if args.peers:
+                _peers(dom, name, daemon, rundir, data, disk, size, rows, facts, logs, env)
             sbr_base = [sys.executable, str(BENCH / "kvm_node.py")]
             sbr_state, repo = rundir / "sbr-state.json", rundir / "sbr-repo"
-            vnb_dir = rundir / "vnb"
-            vnb = ["virtnbdbackup", "-U", daemon.uri, "-d", name, "-o", str(vnb_dir),
-                   "-S", str(rundir / "scratch"), "-f", str(rundir / "vnb.sock"), "-n",
-                   # 1.9.15 asks any qemu+… URI for credentials; the private daemon takes
-                   # none and ignores these.
-                   "--user", "root", "--password", "unused"]
-
             def sbr_backup(step: str) -> Measured:
                 return _measure(f"sbr-{step}", [*sbr_base, "backup", "--uri", daemon.uri,
                                                 "--domain", dom.UUIDString(), "--repo",
                                                 str(repo), "--scratch",
                                                 str(rundir / "scratch"), "--state",
                                                 str(sbr_state)], logs, env)
-
-            # virtnbdbackup refuses to run beside checkpoints it did not make, so the tools
-            # take turns: each backs up, sees the same 2 % rewritten, backs up again and
-            # restores; virtnbdbackup's checkpoints are then removed.
-            log("virtnbdbackup: full, 2 % rewritten, incremental, restore ...")
-            rows.append(Row("virtnbdbackup", "full",
-                            _measure("vnb-full", [*vnb, "-l", "full"], logs, env), size))
-            changed = _guest_writes(dom, data.extents, 0)  # type: ignore[arg-type]
-            rows.append(Row("virtnbdbackup", "incremental",
-                            _measure("vnb-incr", [*vnb, "-l", "inc"], logs, env), changed))
-            vnb_out = rundir / "vnb-restore"
-            result = _measure("vnb-restore", ["virtnbdrestore", "-U", daemon.uri, "--user",
-                                              "root", "--password", "unused", "-i",
-                                              str(vnb_dir), "-o", str(vnb_out), "-n"],
-                              logs, env)
-            restored = next(iter(sorted(vnb_out.glob("vda*"))), None) if vnb_out.exists() \
-                else None
-            rows.append(Row("virtnbdbackup", "restore (qcow2)", result, size,
-                            _compare(restored, disk) if restored and not result.error
-                            else ""))
-            shutil.rmtree(vnb_out, ignore_errors=True)
-            for checkpoint in reversed(dom.listAllCheckpoints(0)):
-                checkpoint.delete(0)
 
             log("sbr: full, 2 % rewritten, incremental, restores ...")
             rows.append(Row("sbr", "full", sbr_backup("full"), size))
@@ -171,7 +180,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
                                 _compare(out, disk) if not result.error else ""))
                 out.unlink(missing_ok=True)
             facts["sbr_repo"] = _du(repo)
-            facts["vnb_dir"] = _du(vnb_dir)
     finally:
         daemon.stop()
     facts.update(size=size, composition=data.composition, seed=args.seed,
@@ -219,27 +227,38 @@ def _composition(parts: object) -> str:
 
 def markdown(rows: list[Row], facts: dict[str, object], command: str) -> str:
     header = ("tool", "step", "wall s", "CPU s", "peak RSS MiB", "MiB/s", "notes")
-    lines = [START, "## KVM benchmark: the kvm plugin and virtnbdbackup on one running domain",
-             "", f"Command: `{command}`", "",
+    start, end = markers(str(facts["section"]))
+    title = ("the kvm plugin and virtnbdbackup on one running domain" if facts["peers"] else
+             f"the kvm plugin alone, {workload.human(int(facts['size']))} disk "
+             "(does memory stay bounded?)")
+    lines = [start, f"## KVM benchmark: {title}", "", f"Command: `{command}`", "",
              f"Run {datetime.date.today().isoformat()} on {report.machine()}. A TCG domain "
              f"with a {workload.human(int(facts['size']))} qcow2 disk (seed {facts['seed']}; "
              f"{_composition(facts['composition'])}); the guest rewrites "
              f"{workload.human(int(facts.get('changed', 0)))} between the backups. "
-             f"virtnbdbackup {facts['vnb']} with its defaults (no compression); SBR "
+             + (f"virtnbdbackup {facts['vnb']} with its defaults (no compression); "
+              if facts["peers"] else "virtnbdbackup not run (--no-peers); ") + "SBR "
              "deduplicates, compresses (zstd) and encrypts. MiB/s is logical data (the disk "
              "size; the changed bytes for incrementals) over wall time.", "",
              report.md_table(header, [_row_cells(r) for r in rows]), "",
-             f"Stored: SBR repository {workload.human(int(facts.get('sbr_repo', 0)))}, "
-             f"virtnbdbackup directory {workload.human(int(facts.get('vnb_dir', 0)))}.", "",
+             f"Stored: SBR repository {workload.human(int(facts.get('sbr_repo', 0)))}"
+             + (f", virtnbdbackup directory {workload.human(int(facts.get('vnb_dir', 0)))}"
+                if facts["peers"] else "") + ".", "",
              report.md_table(("target", "measured", "result"),
                              [[t, m, "PASS" if ok else "FAIL"] for t, m, ok in targets(rows)]),
-             "", END]
+             "", end]
     return "\n".join(lines) + "\n"
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The comments around this run's section of the output: one per disk size, so the
+    2 GiB comparison and a 20 GiB scaling run stand side by side."""
+    return f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--disk-size", default="2G")
+    parser.add_argument("--disk-size", default=DEFAULT_SIZE)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", default="/var/tmp/sbr-bench",  # noqa: S108
                         help="cache of generated data (shared with bench/repository.py)")
@@ -247,17 +266,24 @@ def main() -> None:
                         help="disk, repositories, restores; not under /etc, /run or /var "
                         "(the private libvirtd overlays those)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--no-peers", dest="peers", action="store_false",
+                        help="SBR only, e.g. for a disk too large for both tools' copies")
     args = parser.parse_args()
-    missing = PrivateLibvirtd.missing() or ("" if shutil.which("virtnbdbackup") else
+    missing = PrivateLibvirtd.missing() or ("" if shutil.which("virtnbdbackup") or
+                                            not args.peers else
                                             "virtnbdbackup is not installed (apt-get install "
                                             "virtnbdbackup)")
     if missing:
         sys.exit(f"kvm bench: {missing}")
     rows, facts = run(args)
     command = shlex.join(["python", "bench/kvm.py", *sys.argv[1:]])
+    section = "kvm" if args.disk_size == DEFAULT_SIZE and args.peers else \
+        f"kvm-{args.disk_size}{'' if args.peers else '-alone'}"
+    facts.update(section=section, peers=args.peers)
     text = markdown(rows, facts, command)
     print(text)
-    report.write_section(Path(args.output), text, start=START, end=END)
+    start, end = markers(section)
+    report.write_section(Path(args.output), text, start=start, end=end)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -10,7 +11,7 @@ from pathlib import Path
 import peewee as pw
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from sbr_core.db.schema import Permission, Role, RolePermission, User, utcnow
+from sbr_core.db.schema import ApiToken, Permission, Role, RolePermission, User, utcnow
 from sbr_core.errors import AuthError, NotFoundError, UsageError
 
 MIN_PASSWORD_LENGTH = 8
@@ -54,12 +55,26 @@ def add_user(username: str, password: str, *, role: str = "admin") -> User:
         raise UsageError(f"user {username!r} already exists") from None
 
 
-def set_password(username: str, password: str) -> None:
-    """Replace a user's password."""
+def set_password(username: str, password: str) -> int:
+    """Replace a user's password and revoke the user's API tokens with the old one: a
+    password is changed because it may be known, and a token made with it is as good as
+    it. (Web sessions end too: see :func:`session_stamp`.) Returns how many tokens were
+    revoked."""
     _check_password_rules(password)
     user = get_user(username)
-    user.password_hash = generate_password_hash(password)
-    user.save()
+    with User._meta.database.atomic():
+        user.password_hash = generate_password_hash(password)
+        user.save()
+        revoked: int = (ApiToken.update(revoked=True)
+                        .where((ApiToken.user == user.id) & (ApiToken.revoked == False))  # noqa: E712
+                        .execute())
+    return revoked
+
+
+def session_stamp(user: User) -> str:
+    """A short value that changes with the user's password: kept in a web session, it
+    ends that session when the password changes."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
 
 
 def authenticate(username: str, password: str) -> User:

@@ -50,6 +50,12 @@ class WebUser(flask_login.UserMixin):
         self.username: str = row.username
         self.role: str = row.role.name
         self.permissions = accounts.permissions_of(row)
+        self._stamp = accounts.session_stamp(row)
+
+    def get_id(self) -> str:
+        """What the session keeps: the id and a stamp of the password, so that a password
+        change ends every session opened with the old one."""
+        return f"{self.id}:{self._stamp}"
 
     def can(self, permission: str) -> bool:
         """Whether the user's role grants ``permission``."""
@@ -99,8 +105,13 @@ def init_app(app: Flask) -> None:
     def _load(user_id: str) -> WebUser | None:
         if bearer_token() is not None:  # a request that brings a token is judged by it alone
             return None
-        row = User.get_or_none(User.id == int(user_id))
-        return WebUser(row) if row is not None and row.active else None
+        number, _, stamp = user_id.partition(":")
+        if not number.isdigit():
+            return None
+        row = User.get_or_none(User.id == int(number))
+        if row is None or not row.active or stamp != accounts.session_stamp(row):
+            return None
+        return WebUser(row)
 
     @login_manager.request_loader
     def _load_from_token(_: Any) -> WebUser | None:

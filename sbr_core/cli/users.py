@@ -50,9 +50,11 @@ def passwd(username: str, password_stdin: bool) -> None:
     """Set a user's password."""
     database()
     accounts.get_user(username)  # name a missing user before asking for a password
-    accounts.set_password(username, _read_password(password_stdin))
-    audit.record("user.passwd", actor=audit.cli_actor(), target=username)
-    click.echo(f"password of {username!r} changed")
+    revoked = accounts.set_password(username, _read_password(password_stdin))
+    audit.record("user.passwd", actor=audit.cli_actor(), target=username,
+                 detail={"tokens_revoked": revoked})
+    click.echo(f"password of {username!r} changed; {revoked} API token(s) revoked and web "
+               "sessions ended")
 
 
 @user.command("list")

@@ -134,3 +134,26 @@ def test_a_disabled_user_cannot_log_in(app: Flask) -> None:
 
     User.update(active=False).where(User.username == "ops").execute()
     assert login(app.test_client(), "ops").status_code == 401
+
+
+def test_a_password_change_ends_sessions_and_revokes_tokens(app: Flask) -> None:
+    from sbr_core import apitokens
+    from sbr_core.errors import AuthError
+
+    client, bystander = app.test_client(), app.test_client()
+    login(client, "ops")
+    login(bystander, "eve")
+    assert client.get("/plugins").status_code == 200
+    _, token = apitokens.create_token(accounts.get_user("ops"), name="script")
+    _, other = apitokens.create_token(accounts.get_user("eve"), name="script")
+
+    assert accounts.set_password("ops", "a new long password") == 1
+    page = client.get("/plugins")
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+    with pytest.raises(AuthError, match="revoked"):
+        apitokens.authenticate(token)
+    # nobody else is touched, and the new password opens a new session
+    assert bystander.get("/plugins").status_code == 200
+    assert apitokens.authenticate(other).user.username == "eve"
+    login(client, "ops", "a new long password")
+    assert client.get("/plugins").status_code == 200
