@@ -1,6 +1,7 @@
 """The admin REST API for work: backups, restores and the task list (``/api/v1``).
 
-Reads need ``view``; starting a backup or a restore and cancelling need ``operate``. A task
+Reads need ``view``; starting a backup or a restore and cancelling need ``operate``;
+deleting a backup needs ``configure``. A task
 here is a workflow (a backup's export and store together): ``/tasks/ID`` takes a workflow
 id and shows its steps. Every bad request is a 400 whose message names the field; an
 unknown id in the path is a 404; a clash with the current state is a 409.
@@ -17,7 +18,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from sbr_core import audit
 from sbr_core.db.schema import Backup, Destination, Instance, Policy, Workflow
-from sbr_core.engine import views, workflows
+from sbr_core.engine import expiry, views, workflows
 from sbr_core.errors import ConfigError, ConflictError, NotFoundError
 from sbr_web.auth import require_permission
 
@@ -227,6 +228,28 @@ def get_backup(raw_id: str) -> Any:
     """One catalog row."""
     _args("backup", ())
     return jsonify(views.backup_json(_backup(raw_id)))
+
+
+@blueprint.route("/backups/<raw_id>", methods=["DELETE"])
+@require_permission("configure")
+def delete_backup(raw_id: str) -> Any:
+    """Delete a backup: it expires now, and the next prune removes it from its repository
+    and then from the catalog (202). ``{confirm: ID}`` must repeat its id."""
+    backup = _backup(raw_id)
+    body = _body("delete request", ("confirm",))
+    confirm = body.get("confirm")
+    if isinstance(confirm, bool) or confirm != backup.id:
+        raise ConfigError("delete request", {
+            "confirm": f"deleting backup {backup.id} of {backup.instance.name!r} cannot be "
+                       f"undone once it is pruned: set confirm to {backup.id} to go on"})
+    expiry.expire_by_hand(_engine()["db"], backup)
+    audit.record("backup.delete", actor=_actor(), target=backup.instance.name,
+                 detail={"backup_id": backup.id, "kind": backup.kind,
+                         "destination": backup.destination.name},
+                 remote_addr=request.remote_addr or "")
+    response = jsonify(views.backup_json(_backup(raw_id)))
+    response.status_code = 202
+    return response
 
 
 @blueprint.route("/backups/<raw_id>/restore", methods=["POST"])

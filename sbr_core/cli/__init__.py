@@ -53,6 +53,7 @@ BUILTIN_COMMANDS = {
     "node": "sbr_core.cli.node:node",
     "backup": "sbr_core.cli.work:backup",
     "backups": "sbr_core.cli.work:backups",
+    "delete-backup": "sbr_core.cli.work:delete_backup",
     "restore": "sbr_core.cli.work:restore",
     "import": "sbr_core.cli.work:import_vm",
     "tasks": "sbr_core.cli.work:tasks",

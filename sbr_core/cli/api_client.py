@@ -171,9 +171,9 @@ class ApiClient:
         """PUT ``body`` as JSON to ``path``."""
         return self._call("PUT", path, {} if body is None else body)
 
-    def delete(self, path: str) -> Any:
-        """DELETE ``path``."""
-        return self._call("DELETE", path)
+    def delete(self, path: str, body: Any = None) -> Any:
+        """DELETE ``path`` (with a JSON body, e.g. a confirmation)."""
+        return self._call("DELETE", path, body)
 
 
 def _same_server(one: str, other: str) -> bool:

@@ -360,6 +360,27 @@ def import_vm(backup_id: str, name: str | None, directory: str | None, pool: str
              as_json=as_json)
 
 
+@click.command("delete-backup")
+@click.argument("backup_id")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
+def delete_backup(backup_id: str, yes: bool) -> None:
+    """Delete backup BACKUP_ID: it expires now, and the next prune removes it from its
+    repository and the catalog. There is no undo once it is pruned; every other backup
+    stays restorable."""
+    number = _whole(backup_id, "BACKUP_ID")
+    client = _client()
+    if not yes:
+        row = client.get(f"/backups/{number}")
+        if not sys.stdin.isatty():
+            raise UsageError(f"--yes: not on a terminal, so nobody can confirm; add --yes to "
+                             f"delete backup {number}")
+        click.confirm(f"Delete backup {number} ({row['kind']} of {row['instance']} on "
+                      f"{row['destination']}, {_time(row['finished_at'])})?", abort=True)
+    row = client.delete(f"/backups/{number}", {"confirm": number})
+    click.echo(f"backup {number} ({row['kind']} of {row['instance']}) expired; the next "
+               "prune removes it from the repository and the catalog")
+
+
 def _tasks_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title=title if not rows else None)
     table.add_column("ID", no_wrap=True)

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import peewee as pw
 
 from sbr_core.db.schema import Backup, Policy, Schedule, Workflow, utcnow
-from sbr_core.errors import ConfigError
+from sbr_core.errors import ConfigError, ConflictError
 from sbr_core.repository.retention import parse_retention, select_kept
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,24 @@ def expire_backups(db: pw.Database, *, policies: Iterable[Policy] | None = None,
                 log.info("policy %r: %d backup(s) expired by retention", policy.name,
                          len(doomed))
     return expired
+
+
+def expire_by_hand(db: pw.Database, backup: Backup, *, now: dt.datetime | None = None
+                   ) -> None:
+    """An admin deletes ``backup``: it expires now, whatever its policy, and the next
+    prune removes it from its repository and the catalog. Only a complete backup can
+    go; ConflictError otherwise. Every other backup stays restorable (each manifest is a
+    whole picture); the next incremental of the instance starts from the newest backup
+    left."""
+    with db.atomic():
+        changed = (Backup.update(state="expired", expires_at=now or utcnow())
+                   .where((Backup.id == backup.id) & (Backup.state == "complete")).execute())
+    if not changed:
+        state = Backup.get_by_id(backup.id).state
+        raise ConflictError(f"backup {backup.id} is {state}: only a complete backup can be "
+                            "deleted" + (" (it is being deleted already)"
+                                         if state == "expired" else ""))
+    log.info("backup %d expired by hand", backup.id)
 
 
 def prune_order(params: Mapping[str, Any]) -> list[dict[str, Any]]:

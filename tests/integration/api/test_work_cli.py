@@ -247,3 +247,33 @@ def test_the_recovery_key_opens_the_servers_repository_without_the_server(
     listed = as_json(sbr("repo", "list", str(site["tmp"] / "repo"), "--json",
                          env={**env, "SBR_REPO_PASSWORD": saved["passphrase"]}))
     assert [b["backup_id"] for b in listed] == [backup.repo_backup_id]  # type: ignore[index]
+
+
+def test_an_admin_deletes_a_backup_and_the_prune_removes_it_but_not_the_next_one(
+        api_server: ApiServer, operator: Cli, site: dict[str, Any], node: None) -> None:
+    admin = Cli(api_server, "admin")
+    ok(operator("backup", "share1", "--destination", "disk1", "--wait"))
+    (site["share"] / "docs" / "new.txt").write_text("new file\n")
+    ok(operator("backup", "share1", "--destination", "disk1", "--wait"))
+    full, incremental = Backup.select().order_by(Backup.id)
+
+    one_line_error(operator("delete-backup", str(full.id), "--yes"), "does not grant 'configure'")
+    one_line_error(admin("delete-backup", str(full.id)), "--yes: not on a terminal")
+    status, answer = api_server.call("DELETE", f"/backups/{full.id}", {}, user="admin")
+    assert status == 400 and "confirm" in answer["error"], answer
+    assert Backup.get_by_id(full.id).state == "complete"  # nothing happened yet
+
+    done = ok(admin("delete-backup", str(full.id), "--yes"))
+    assert f"backup {full.id} (full of share1) expired" in done.stdout, done.stdout
+    one_line_error(admin("delete-backup", str(full.id), "--yes"), "being deleted already")
+    deadline = time.monotonic() + 60  # the server's next engine pass starts the prune
+    while Backup.get_or_none(Backup.id == full.id) is not None:
+        assert time.monotonic() < deadline, "the deleted backup was never pruned"
+        time.sleep(0.3)
+    assert AuditLog.get(AuditLog.action == "backup.delete").username == "admin"
+
+    # the incremental is a whole picture of its own: it restores without its parent
+    target = site["tmp"] / "after"
+    ok(operator("restore", str(incremental.id), "--to", str(target), "--wait"))
+    assert (target / "docs" / "new.txt").read_text() == "new file\n"
+    assert (target / "b.bin").read_bytes() == (site["share"] / "b.bin").read_bytes()
