@@ -37,10 +37,12 @@ BASE_PACKAGES=(python3 python3-venv python3-dev gcc ca-certificates)
 
 # What the KVM tests need: a private libvirtd and virtlogd (tests/libvirtd.py) running TCG
 # domains, qemu-img/qemu-io, libvirt's headers for building libvirt-python, libnbd, and
-# saslpasswd2 + the SCRAM module for the daemon's SASL login (the wrong-credentials test).
+# saslpasswd2 + the SCRAM module for the daemon's SASL login (the wrong-credentials test),
+# and e2fsprogs for the agent guest's ext4 disk (tests/guest_agent.py fetches its kernel,
+# busybox and qemu-ga itself with apt-get download; nothing of those is installed).
 KVM_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
               libvirt-clients libvirt-dev pkg-config python3-libnbd libnbd-bin
-              sasl2-bin libsasl2-modules)
+              sasl2-bin libsasl2-modules e2fsprogs)
 
 # link_libnbd: libnbd's Python binding is not on PyPI; Debian builds it for the system
 # Python. Link it into the virtualenv when both Pythons have the same minor version (the

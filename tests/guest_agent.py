@@ -8,8 +8,11 @@ asked for and runs Debian's own ``qemu-ga`` on the virtio-serial channel.  Nothi
 on the host: the packages are fetched with ``apt-get download`` and unpacked with
 ``dpkg-deb -x``; ``qemu-ga``'s shared libraries are the host's (the ones libvirt itself uses).
 
-Build the image (:func:`prepare`) before starting :class:`tests.libvirtd.PrivateLibvirtd`:
-its QEMU sees ``/var`` through an overlay whose lower layer is the host's ``/var``.
+Build the image (:func:`prepare`) before starting :class:`tests.libvirtd.PrivateLibvirtd`: its
+QEMU sees ``/var`` (and so :data:`DEFAULT_CACHE`) through an overlay whose lower layer is the
+host's ``/var``, and overlayfs leaves changes to a lower layer after the mount undefined (a late
+build did boot here, but nothing promises it).  For the same reason a console log or disk
+under ``/var``, written by QEMU, would land in the overlay: keep those under ``/tmp``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ _RECIPE = "1"  # bump when the image's contents change for the same package vers
 
 INIT = f"""#!/bin/busybox sh
 # PID 1 of the SBR guest-agent test guest; it must never exit.
-/bin/busybox mkdir -p /proc /sys /dev /run /tmp /mnt /sbin /usr/bin /usr/sbin
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp /mnt
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -99,6 +102,13 @@ done
 """
 
 
+# qemu-ga's guest-shutdown runs "/sbin/shutdown -P|-H|-r +0 MESSAGE"; busybox has no shutdown.
+SHUTDOWN = """#!/bin/sh
+sync
+case "$1" in -r) exec reboot -f ;; -H) exec halt -f ;; *) exec poweroff -f ;; esac
+"""
+
+
 @dataclass(frozen=True)
 class GuestImage:
     """A built kernel + initramfs pair and what it was built from."""
@@ -117,8 +127,6 @@ class GuestImage:
 
 @cache
 def _missing(cache_dir: Path) -> str:
-    if os.geteuid() != 0:
-        return "needs root (apt-get download as root, dpkg-deb)"
     absent = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if absent:
         return f"{', '.join(absent)} not installed"
@@ -177,7 +185,7 @@ def _resolve() -> dict[str, str]:
 
 def _key(versions: dict[str, str]) -> str:
     recipe = hashlib.sha256(
-        json.dumps([_RECIPE, INIT, WANTED_MODULES, sorted(versions.items())]).encode()
+        json.dumps([_RECIPE, INIT, SHUTDOWN, WANTED_MODULES, sorted(versions.items())]).encode()
     ).hexdigest()[:12]
     kernel = next(name for name in versions if name.startswith("linux-image-"))
     readable = f"{kernel}_{versions[kernel]}"
@@ -193,6 +201,9 @@ def prepare(cache: Path | None = None) -> GuestImage:
     final = cache / _key(versions)
     if not (final / "manifest.json").exists():
         cache.mkdir(parents=True, exist_ok=True)
+        for stale in cache.glob(".build-*"):  # left by a killed builder
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
         try:
             _build(work, versions)
@@ -228,6 +239,7 @@ def _build(work: Path, versions: dict[str, str]) -> None:
     archive = _Cpio()
     archive.file("init", INIT.encode(), 0o755)
     archive.device("dev/console", 5, 1)
+    archive.file("sbin/shutdown", SHUTDOWN.encode(), 0o755)
     archive.file("bin/busybox", busybox.read_bytes(), 0o755)
     archive.file("usr/sbin/qemu-ga", agent.read_bytes(), 0o755)
     libraries = _libraries(agent)
@@ -387,7 +399,7 @@ def domain_xml(name: str, image: GuestImage, disk: Path, emulator: str, *,
     has a file system to freeze; ``mount_disk`` mounts ``vda`` too (it must hold one)."""
     console = console or disk.with_name(disk.name + ".console.log")
     mounts = (["vda"] if mount_disk else []) + (["vdb"] if fs_disk is not None else [])
-    cmdline = "console=ttyS0 earlyprintk=ttyS0 quiet panic=-1" + (f" sbr_mount={','.join(mounts)}" if mounts else "")
+    cmdline = "console=ttyS0 quiet panic=-1" + (f" sbr_mount={','.join(mounts)}" if mounts else "")
     extra = "" if fs_disk is None else f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
@@ -404,6 +416,7 @@ def domain_xml(name: str, image: GuestImage, disk: Path, emulator: str, *,
     <initrd>{escape(str(image.initrd))}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>
+  <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(emulator)}</emulator>
@@ -442,15 +455,18 @@ def console_text(dom: libvirt.virDomain, limit: int = 4000) -> str:
     if path is None:
         return "(no file console)"
     try:
-        return path.read_text(errors="replace")[-limit:]
+        text = path.read_text(errors="replace")[-limit:]
     except OSError as exc:
         return f"(cannot read {path}: {exc})"
+    # Below ~80 MiB the kernel dies before its console starts, and says nothing.
+    return text or f"({path} is empty: the kernel died before its console; too little memory?)"
 
 
-def wait_for_agent(dom: libvirt.virDomain, timeout: float = 300.0) -> float:
-    """Seconds until ``dom``'s guest agent answered guest-ping.  TCG boots take tens of
-    seconds, so callers poll rather than guess; a guest that stops or never answers raises
-    with its console, the only account of what went wrong inside it."""
+def wait_for_agent(dom: libvirt.virDomain, timeout: float = 120.0) -> float:
+    """Seconds until ``dom``'s guest agent answered guest-ping.  Under TCG the boot takes a
+    few seconds (about 2.5 on an idle machine), longer under load, so callers poll rather than
+    guess; a guest that stops or never answers raises with its console, the only account of
+    what went wrong inside it."""
     import libvirt
     import libvirt_qemu
 
@@ -468,6 +484,6 @@ def wait_for_agent(dom: libvirt.virDomain, timeout: float = 300.0) -> float:
             last = f"unexpected reply {reply!r}"
         except libvirt.libvirtError as exc:  # not connected yet, or timed out
             last = str(exc)
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise TimeoutError(f"guest agent of {dom.name()} silent for {timeout:.0f} s ({last}):\n"
                        + console_text(dom))

@@ -73,7 +73,7 @@ def test_qemu_killed_leaves_broken_bitmaps_and_the_next_backup_is_full(
 def test_domain_destroyed_mid_backup_fails_clearly_and_leaves_nothing(
         libvirtd: PrivateLibvirtd, provider: KvmHypervisor, tmp_path: Path) -> None:
     disk = new_disk(tmp_path / "vda.qcow2", "32M", "write -P 0x11 0 4M")
-    scratch = tmp_path / "scratch"
+    scratch = Path(provider.config.scratch_dir)
     with libvirtd.domain(_name(), disk) as dom:
         instance = provider.get_instance(dom.UUIDString())
         with pytest.raises(ProviderError) as caught, \
