@@ -11,7 +11,15 @@ from pathlib import Path
 import peewee as pw
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from sbr_core.db.schema import ApiToken, Permission, Role, RolePermission, User, utcnow
+from sbr_core.db.schema import (
+    ApiToken,
+    Permission,
+    Role,
+    RolePermission,
+    User,
+    database_proxy,
+    utcnow,
+)
 from sbr_core.errors import AuthError, NotFoundError, UsageError
 
 MIN_PASSWORD_LENGTH = 8
@@ -62,7 +70,7 @@ def set_password(username: str, password: str) -> int:
     revoked."""
     _check_password_rules(password)
     user = get_user(username)
-    with User._meta.database.atomic():
+    with database_proxy.atomic():
         user.password_hash = generate_password_hash(password)
         user.save()
         revoked: int = (ApiToken.update(revoked=True)

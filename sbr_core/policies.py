@@ -50,14 +50,13 @@ from sbr_core.repository.retention import parse_retention
 KINDS = ("backup", "snapshot")
 FIELDS = ("name", "kind", "destination", "instances", "rules", "schedules", "retention",
           "options", "priority", "enabled")
-#: The options each kind of policy takes, passed to its workflows as ``params["options"]``
-#: (the export's ``ExportRequest.quiesce``/``options``, the snapshot step's
-#: ``create_snapshot``): name -> (allowed values, default).
-OPTIONS: dict[str, dict[str, tuple[tuple[Any, ...], Any]]] = {
-    "backup": {"quiesce": ((True, False), True)},
-    "snapshot": {"kind": (("internal", "external"), "internal"),
-                 "memory": ((True, False), False),
-                 "quiesce": ((True, False), True)},
+#: The options each kind of policy takes (name -> allowed values), passed to its workflows
+#: as ``params["options"]``. Their defaults live where they are used: the export's
+#: ``ExportRequest.quiesce`` (true) and the snapshot step (internal, no memory, quiesce).
+OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "backup": {"quiesce": (True, False)},
+    "snapshot": {"kind": ("internal", "external"), "memory": (True, False),
+                 "quiesce": (True, False)},
 }
 DEFAULT_PRIORITY = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -291,7 +290,7 @@ def _options(value: object, kind: object, problems: dict[str, str]) -> dict[str,
             problems[f"options.{key}"] = (f"{kind} policies take only "
                                           f"{', '.join(allowed) or 'no options'}")
             continue
-        values, _default = allowed[key]
+        values = allowed[key]
         if isinstance(given, bool) is not isinstance(values[0], bool) or given not in values:
             shown = ", ".join(json.dumps(v) if isinstance(v, bool) else str(v) for v in values)
             problems[f"options.{key}"] = f"must be one of {shown} (got {given!r})"

@@ -17,6 +17,7 @@ under ``/var``, written by QEMU, would land in the overlay: keep those under ``/
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -33,7 +34,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 if TYPE_CHECKING:
@@ -487,3 +488,25 @@ def wait_for_agent(dom: libvirt.virDomain, timeout: float = 120.0) -> float:
         time.sleep(0.25)
     raise TimeoutError(f"guest agent of {dom.name()} silent for {timeout:.0f} s ({last}):\n"
                        + console_text(dom))
+
+
+def agent(dom: libvirt.virDomain, command: str, **arguments: Any) -> Any:
+    """Send ``command`` to the guest agent; its ``return`` value."""
+    import libvirt_qemu
+
+    request = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(request), 30, 0))["return"]
+
+
+def guest_shell(dom: libvirt.virDomain, script: str) -> str:
+    """Run ``script`` in the guest through the agent; its output."""
+    pid = agent(dom, "guest-exec", path="/bin/sh", arg=["-c", script],
+                **{"capture-output": True})["pid"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = agent(dom, "guest-exec-status", pid=pid)
+        if status["exited"]:
+            assert status.get("exitcode") == 0, status
+            return base64.b64decode(status.get("out-data", "")).decode()
+        time.sleep(0.1)
+    raise AssertionError(f"guest command did not end: {script}")

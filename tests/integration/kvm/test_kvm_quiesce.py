@@ -5,44 +5,27 @@ flushed) the file system while the backup began; afterwards the guest is thawed.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import subprocess
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sbr_core.repository import Repository, restore_disk
 from sbr_plugins.kvm.hypervisor import KvmHypervisor
-from tests.guest_agent import GuestImage, domain_xml, make_ext4_disk, prepare, wait_for_agent
+from tests.guest_agent import (
+    GuestImage,
+    agent,
+    domain_xml,
+    guest_shell,
+    make_ext4_disk,
+    prepare,
+    wait_for_agent,
+)
 from tests.integration.kvm.conftest import back_up, qemu_img
 from tests.libvirtd import EMULATOR, PrivateLibvirtd
 from tests.services import service_unavailable
-
-
-def _agent(dom: Any, command: str, **arguments: Any) -> Any:
-    import libvirt_qemu
-
-    request = {"execute": command, **({"arguments": arguments} if arguments else {})}
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(request), 30, 0))["return"]
-
-
-def _guest_shell(dom: Any, script: str) -> str:
-    """Run ``script`` in the guest through the agent; its output."""
-    pid = _agent(dom, "guest-exec", path="/bin/sh", arg=["-c", script],
-                 **{"capture-output": True})["pid"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = _agent(dom, "guest-exec-status", pid=pid)
-        if status["exited"]:
-            assert status.get("exitcode") == 0, status
-            return base64.b64decode(status.get("out-data", "")).decode()
-        time.sleep(0.1)
-    raise AssertionError(f"guest command did not end: {script}")
 
 
 def test_the_agent_freezes_the_guest_so_unsynced_writes_are_in_the_backup(
@@ -63,15 +46,15 @@ def test_the_agent_freezes_the_guest_so_unsynced_writes_are_in_the_backup(
         dom.create()
         wait_for_agent(dom)
         # into the guest's page cache only: without a freeze nothing puts it on the disk yet
-        _guest_shell(dom, "echo 'written just before the backup' > /mnt/vda/late.txt")
+        guest_shell(dom, "echo 'written just before the backup' > /mnt/vda/late.txt")
 
         with caplog.at_level(logging.INFO, logger="sbr.test"):
             stored = back_up(provider, repo, provider.get_instance(dom.UUIDString()))
         assert stored.consistency == "application"
         assert "file systems frozen by the guest agent" in caplog.text
         assert "crash-consistent" not in caplog.text
-        assert _agent(dom, "guest-fsfreeze-status") == "thawed"
-        _guest_shell(dom, "echo still writable > /mnt/vda/after.txt")  # thawed for real
+        assert agent(dom, "guest-fsfreeze-status") == "thawed"
+        guest_shell(dom, "echo still writable > /mnt/vda/after.txt")  # thawed for real
     finally:
         PrivateLibvirtd.remove_domain(dom)
 
