@@ -22,13 +22,12 @@ class Announcer:
     def __init__(self, host: PluginHost) -> None:
         self.host = host
 
-    def task_started(self, claim: Claim, node_name: str, order: dict[str, Any]) -> None:
-        """A node took a task; ``order`` is its work order (which names all we say)."""
-        instance = order.get("instance") or {}
+    def task_started(self, claim: Claim, node_name: str, *, workflow_kind: str,
+                     instance_name: str) -> None:
+        """A node took a task (claimed it, or was handed it when the one before ended)."""
         self.host.emit(TaskEvent(task_id=claim.task_id, workflow_id=claim.workflow_id,
-                                 kind=f"{order['workflow']['kind']}.{claim.step}",
-                                 state="running", instance_name=str(instance.get("name", "")),
-                                 node_name=node_name))
+                                 kind=f"{workflow_kind}.{claim.step}", state="running",
+                                 instance_name=instance_name, node_name=node_name))
 
     def task_finished(self, task_id: int, state: str, node_name: str,
                       finished: Finished) -> None:

@@ -68,7 +68,8 @@ class NodeClient:
     def finish(self, task_id: int, attempt: int, *, state: str,
                result: dict[str, Any] | None, error: str,
                log: list[tuple[str, str]]) -> dict[str, Any] | None:
-        """Report the end of a task; returns the work order of the next task, if any."""
+        """Report the end of a task; returns the next task of the workflow, if any, as
+        ``{"task": {...}}``: the rest of its work order is the claim's."""
         _, answer = self._post(f"/tasks/{task_id}/finish", {
             "attempt": attempt, "state": state, "result": result or {}, "error": error,
             "log": [list(line) for line in log]})

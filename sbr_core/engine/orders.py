@@ -65,14 +65,21 @@ def _other_chains(instance: Instance, destination_id: Any) -> list[dict[str, Any
 
 def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
     """The JSON a node gets for a claimed task."""
-    workflow = (Workflow.select(Workflow, Instance, ProviderConnection)
+    workflow = (Workflow.select(Workflow.id, Workflow.kind, Workflow.params, Workflow.instance,
+                                Instance.id, Instance.external_id, Instance.name, Instance.kind,
+                                Instance.state, Instance.location, Instance.tags,
+                                Instance.attributes, Instance.connection,
+                                ProviderConnection.id, ProviderConnection.name,
+                                ProviderConnection.kind, ProviderConnection.plugin,
+                                ProviderConnection.settings, ProviderConnection.secrets)
                 .join(Instance, pw.JOIN.LEFT_OUTER)
                 .join(ProviderConnection, pw.JOIN.LEFT_OUTER)
                 .where(Workflow.id == claim.workflow_id).get())
     params = dict(workflow.params or {})
     steps = [{"id": t.id, "step": t.step, "seq": t.seq,
               "always_run": bool((t.params or {}).get("always_run"))}
-             for t in Task.select().where(Task.workflow == workflow.id).order_by(Task.seq)]
+             for t in Task.select(Task.id, Task.step, Task.seq, Task.params)
+             .where(Task.workflow == workflow.id).order_by(Task.seq)]
     order: dict[str, Any] = {
         "task": {"id": claim.task_id, "attempt": claim.attempt, "step": claim.step},
         "workflow": {"id": workflow.id, "kind": workflow.kind, "params": params,
@@ -89,7 +96,7 @@ def work_order(claim: Claim, box: SecretBox) -> dict[str, Any]:
     if destination_id is not None and backup_ref is None:
         order["destination"] = _destination_json(Destination.get_by_id(destination_id), box)
     if workflow.kind == "backup" and instance is not None and not params.get("full"):
-        parent = (Backup.select()
+        parent = (Backup.select(Backup.repo_backup_id, Backup.platform_state)
                   .where((Backup.instance == instance.id)
                          & (Backup.destination == destination_id)
                          & (Backup.state == "complete"))

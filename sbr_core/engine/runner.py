@@ -191,7 +191,9 @@ class WorkflowRun:
             self._log_handler.reporter = None
         if reporter.lost:
             return None  # another node has it now; our report would be refused
-        return self._finish(task, state, result, error, reporter.drain())
+        following = self._finish(task, state, result, error, reporter.drain())
+        # The server names only the next task; everything else in the order stays the same.
+        return None if following is None else {**order, **following}
 
     def _finish(self, task: dict[str, Any], state: str, result: dict[str, Any], error: str,
                 lines: list[tuple[str, str]]) -> dict[str, Any] | None:

@@ -165,7 +165,13 @@ def _lock_instances(db: pw.Database, instance_ids: Sequence[int]) -> None:
 def held_task(task_id: int, node: Node, attempt: int) -> Task:
     """The running task ``node`` holds with ``attempt``, read with its workflow and the
     workflow's instance name (one query); LeaseLost otherwise."""
-    task: Task | None = (Task.select(Task, Workflow, Instance.id, Instance.name)
+    # Only the columns a heartbeat or finish reads: peewee renders each selected column on
+    # every call, which was most of a node call's server time.
+    task: Task | None = (Task.select(Task.id, Task.workflow, Task.step, Task.state, Task.node,
+                                     Task.attempts, Workflow.id, Workflow.kind, Workflow.state,
+                                     Workflow.instance, Workflow.policy, Workflow.params,
+                                     Workflow.error, Workflow.created_at, Instance.id,
+                                     Instance.name)
                          .join(Workflow)
                          .join(Instance, pw.JOIN.LEFT_OUTER)
                          .where(Task.id == task_id).first())
@@ -252,7 +258,8 @@ def finish_task(db: pw.Database, task_id: int, node: Node, attempt: int, *, stat
                                 "instance_id": workflow.instance_id, "error": error[:MAX_LOG_LINE],
                                 "instance_name": instance.name if instance is not None else ""}
         failing = bool(workflow.error) or workflow.state == "cancelling"
-        later = list(Task.select().where((Task.workflow == workflow.id)
+        later = list(Task.select(Task.id, Task.step, Task.attempts, Task.params)
+                     .where((Task.workflow == workflow.id)
                                          & (Task.state == "waiting")).order_by(Task.seq))
         for following in later:
             if failing and not following.params.get("always_run"):
