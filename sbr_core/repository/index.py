@@ -26,9 +26,9 @@ from sbr_core.repository.format import BlobLocation, BlobType, decode_index
 
 log = logging.getLogger(__name__)
 
-#: Entries held in a dict (about 250 bytes each, so some 16 MiB) before they are spilled to
-#: disk; 65536 entries of 128 KiB chunks are 8 GiB of unique disk data.
-MEMORY_ENTRIES = 65536
+#: Entries held in a dict (about 250 bytes each, so some 8 MiB) before they are spilled to
+#: disk; 32768 entries of 128 KiB chunks are 4 GiB of unique disk data.
+MEMORY_ENTRIES = 32768
 
 _Location = tuple[int, int, int, int, int]  # pack number, offset, stored length, raw, type
 

@@ -8,11 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from sbr_core.errors import ProviderError
-from sbr_core.notify import Notification
 from sbr_core.providers import Notifier
 from sbr_plugins.email.config import EmailConfig, addresses
+
+if TYPE_CHECKING:  # the server's notify module pulls in the database layer
+    from sbr_core.notify import Notification
 
 
 class EmailNotifier(Notifier):

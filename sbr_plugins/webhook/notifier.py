@@ -17,13 +17,15 @@ import ssl
 import urllib.error
 import urllib.request
 from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sbr_core import __version__
 from sbr_core.errors import ProviderError
-from sbr_core.notify import Notification
 from sbr_core.providers import Notifier
 from sbr_plugins.webhook.config import WebhookConfig, extra_headers, shown_url
+
+if TYPE_CHECKING:  # the server's notify module pulls in the database layer
+    from sbr_core.notify import Notification
 
 #: Answers worth another try later: timeouts, throttling, server-side trouble.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
