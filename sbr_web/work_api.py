@@ -20,6 +20,7 @@ from sbr_core import audit
 from sbr_core.db.schema import Backup, Destination, Instance, Policy, Workflow
 from sbr_core.engine import expiry, views, workflows
 from sbr_core.errors import ConfigError, ConflictError, NotFoundError
+from sbr_core.providers.items import RESTORE_CONFLICTS
 from sbr_web.auth import require_permission
 
 blueprint = Blueprint("work_api", __name__, url_prefix="/api/v1")
@@ -255,31 +256,45 @@ def delete_backup(raw_id: str) -> Any:
 @blueprint.route("/backups/<raw_id>/restore", methods=["POST"])
 @require_permission("operate")
 def start_restore(raw_id: str) -> Any:
-    """Restore a backup on a node: ``{to: absolute path, include?: path}`` for files
-    (``include``: only that path of the backup, and all below it); for a VM backup ``to``
-    is a directory that gets one image per disk, ``format`` (``raw`` or ``qcow2``) and
-    ``disks`` (keys; all by default) choose what."""
+    """Restore a backup, one of two ways:
+
+    - ``{to: absolute path, include?: path}``: the files into a directory on any node
+      (``include``: only that path of the backup, and all below it); for a VM backup ``to``
+      is a directory that gets one image per disk, ``format`` (``raw`` or ``qcow2``) and
+      ``disks`` (keys; all by default) choose what.
+    - ``{instance: id or name, into?: folder, conflict?: rename|skip|overwrite, include?}``:
+      back into an instance of the same plugin through its provider, on a node that serves
+      its connection. The backup's own instance is its original location; ``into`` is a
+      folder inside the instance to restore below; ``conflict`` says what to do with what
+      exists already (``rename``, the default, keeps both).
+    """
     backup = _backup(raw_id)
-    body = _body("restore request", ("to", "include", "format", "disks"))
+    body = _body("restore request", ("to", "include", "format", "disks", "instance", "into",
+                                     "conflict"))
     problems: dict[str, str] = {}
-    target = body.get("to")
-    if target is None:
-        problems["to"] = "required (an absolute path on the node)"
-    elif not isinstance(target, str) or not posixpath.isabs(target) or "\0" in target:
-        problems["to"] = f"must be an absolute path on the node, not {target!r}"
     include = body.get("include", "")
     if include is None:
         include = ""
     if not isinstance(include, str) or "\0" in include:
         problems["include"] = "must be a path in the backup (text)"
+    if "instance" in body:
+        return _restore_into_instance(backup, body, include, problems)
+    for key in ("into", "conflict"):
+        if key in body:
+            problems[key] = "only with instance (a restore into an instance)"
+    target = body.get("to")
+    if target is None:
+        problems["to"] = ("required: an absolute path on the node, or give instance to "
+                          "restore into an instance")
+    elif not isinstance(target, str) or not posixpath.isabs(target) or "\0" in target:
+        problems["to"] = f"must be an absolute path on the node, not {target!r}"
     fmt = body.get("format", "raw")
     if fmt not in ("raw", "qcow2"):
         problems["format"] = f"must be raw or qcow2, not {fmt!r}"
     disks = _disk_keys(body.get("disks"), problems)
     if problems:
         raise ConfigError("restore request", problems)
-    if backup.state != "complete":
-        raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
+    _restorable(backup)
     engine = _engine()
     params: dict[str, Any] = {"backup_id": backup.id, "path": target, "include": include}
     if "format" in body:
@@ -295,6 +310,58 @@ def start_restore(raw_id: str) -> Any:
                          "include": include},
                  remote_addr=request.remote_addr or "")
     return _created(workflow)
+
+
+def _restore_into_instance(backup: Backup, body: dict[str, Any], include: str,
+                           problems: dict[str, str]) -> Any:
+    for key in ("to", "format", "disks"):
+        if key in body:
+            problems[key] = "not with instance: a restore into an instance writes entries " \
+                            "through its provider (to is for a directory on a node)"
+    into = body.get("into", "")
+    if into is None:
+        into = ""
+    if not isinstance(into, str) or "\0" in into or posixpath.isabs(into) \
+            or ".." in into.split("/"):
+        problems["into"] = f"must be a folder inside the instance (relative, no ..), not {into!r}"
+    conflict = body.get("conflict", "rename")
+    if conflict not in RESTORE_CONFLICTS:
+        problems["conflict"] = f"must be one of {', '.join(RESTORE_CONFLICTS)}, not {conflict!r}"
+    target: Instance | None = None
+    try:
+        target = _one_instance(body["instance"])
+    except ConfigError as exc:
+        problems.update(exc.problems)
+    if target is not None:
+        source = Instance.get_by_id(backup.instance_id)  # the catalog row has only its name
+        if source.kind == "vm" or target.kind == "vm":
+            problems["instance"] = ("VM backups go back to their hypervisor with "
+                                    "POST /backups/ID/import (sbr import)")
+        elif target.connection.plugin != source.connection.plugin:
+            problems["instance"] = (f"backup {backup.id} is of a {source.connection.plugin} "
+                                    f"instance; {target.name!r} is of "
+                                    f"{target.connection.plugin}")
+    if problems:
+        raise ConfigError("restore request", problems)
+    assert target is not None
+    _restorable(backup)
+    engine = _engine()
+    params = {"backup_id": backup.id, "mode": "instance", "include": include, "into": into,
+              "conflict": conflict}
+    workflow = workflows.create_workflow(
+        engine["db"], "restore", instance=target, params=params, requested_by=_actor(),
+        host=engine["host"], priority=workflows.RESTORE_PRIORITY)
+    audit.record("restore.start", actor=_actor(), target=target.name,
+                 detail={"workflow_id": workflow.id, "backup_id": backup.id,
+                         "backup_of": backup.instance.name, "instance_id": target.id,
+                         "into": into, "conflict": conflict, "include": include},
+                 remote_addr=request.remote_addr or "")
+    return _created(workflow)
+
+
+def _restorable(backup: Backup) -> None:
+    if backup.state != "complete":
+        raise ConflictError(f"backup {backup.id} is {backup.state}, not complete")
 
 
 def _disk_keys(value: Any, problems: dict[str, str]) -> list[str]:

@@ -30,6 +30,7 @@ from sbr_core.cli.admin import key_value_pairs
 from sbr_core.cli.api_client import ApiClient, ApiError
 from sbr_core.cli.output import size
 from sbr_core.errors import SbrError, TaskCancelled, UsageError
+from sbr_core.providers.items import RESTORE_CONFLICTS
 
 FINISHED = ("succeeded", "failed", "cancelled")
 POLL_SECONDS = 1.0
@@ -284,8 +285,17 @@ def backups(instance: str | None, destination: str | None, show_all: bool, limit
 
 @click.command("restore")
 @click.argument("backup_id")
-@click.option("--to", "target", required=True,
-              help="Absolute path on the node to restore into.")
+@click.option("--to", "target", help="Absolute path on the node to restore into.")
+@click.option("--original", is_flag=True,
+              help="Back into the backed-up instance, where the files were (its provider "
+                   "writes them, with owners, links and extended attributes).")
+@click.option("--instance", metavar="INSTANCE",
+              help="Back into this instance (id or name) of the same plugin instead.")
+@click.option("--into", metavar="FOLDER", default="",
+              help="With --original or --instance: below this folder of the instance.")
+@click.option("--conflict", type=click.Choice(list(RESTORE_CONFLICTS)),
+              help="With --original or --instance: what to do with what exists already "
+                   "(rename keeps both; the default).")
 @click.option("--include", default="",
               help="Only this path of the backup (a file or a directory and all below it).")
 @click.option("--format", "image_format", type=click.Choice(["raw", "qcow2"]),
@@ -294,20 +304,36 @@ def backups(instance: str | None, destination: str | None, show_all: bool, limit
               help="VM backups: only this disk (e.g. vda); repeat for more. Default: all.")
 @click.option("--wait", is_flag=True, help="Wait until it ends; non-zero exit if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
-def restore(backup_id: str, target: str, include: str, image_format: str | None,
+def restore(backup_id: str, target: str | None, original: bool, instance: str | None,
+            into: str, conflict: str | None, include: str, image_format: str | None,
             disks: tuple[str, ...], wait: bool, as_json: bool) -> None:
-    """Restore backup BACKUP_ID on a node: the files of a file backup, or the disks of a VM
-    backup as image files (one per disk, with the VM's configuration beside them) in the
-    directory --to."""
+    """Restore backup BACKUP_ID: into the directory --to on a node (the files of a file
+    backup, or the disks of a VM backup as image files, one per disk, with the VM's
+    configuration beside them); or, for a file share or application backup, back into
+    its own instance (--original) or another one (--instance)."""
     number = _whole(backup_id, "BACKUP_ID")
-    body: dict[str, Any] = {"to": target}
+    if sum((target is not None, original, instance is not None)) != 1:
+        raise UsageError("say where to restore: --to PATH, --original or --instance "
+                         "INSTANCE (one of them)")
+    if target is not None and (into or conflict):
+        raise UsageError("--into and --conflict go with --original or --instance, not --to")
+    client = _client()
+    body: dict[str, Any] = {}
+    if target is not None:
+        body["to"] = target
+    else:
+        body["instance"] = instance if instance is not None \
+            else client.get(f"/backups/{number}")["instance_id"]
+        if into:
+            body["into"] = into
+        if conflict:
+            body["conflict"] = conflict
     if include:
         body["include"] = include
     if image_format:
         body["format"] = image_format
     if disks:
         body["disks"] = list(disks)
-    client = _client()
     _started(client, client.post(f"/backups/{number}/restore", body), wait=wait,
              as_json=as_json)
 

@@ -146,12 +146,15 @@ def parse_affinity(values: Any) -> tuple[frozenset[str], tuple[str, ...]]:
 
 
 def _placement(node: Node) -> Any:
-    """Which workflows ``node`` may take. A node tied to providers or clusters takes only
-    theirs; an untied node takes everything no node is tied to, so work for a tied
-    provider waits for its own nodes rather than running where it cannot reach."""
+    """Which workflows ``node`` may take. A node tied to providers or clusters takes
+    theirs, and work of no provider (a restore into a directory, a prune), which every node
+    can do: were that left to untied nodes, a site whose nodes are all tied would never
+    prune. An untied node takes everything no node is tied to, so work for a tied provider
+    waits for its own nodes rather than running where it cannot reach."""
     providers, clusters = parse_affinity(node.affinity)
     if providers or clusters:
-        return _matches(providers, clusters)
+        unplaced = (Workflow.provider_name == "") & (Workflow.location == "")
+        return _matches(providers, clusters) | unplaced
     all_providers: set[str] = set()
     all_clusters: list[str] = []
     for other in Node.select(Node.affinity).where(Node.revoked == False):  # noqa: E712

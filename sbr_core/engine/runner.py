@@ -16,12 +16,12 @@ import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sbr_core.config import structure_config
 from sbr_core.engine import vm_steps
 from sbr_core.engine.client import NodeClient, ServerUnreachable
-from sbr_core.errors import LeaseLost, SbrError, TaskCancelled, UsageError
+from sbr_core.errors import LeaseLost, ProviderError, SbrError, TaskCancelled, UsageError
 from sbr_core.models import BackupPoint, ExportRequest, Instance, InstanceState
 from sbr_core.operation import Operation
 from sbr_core.plugins import PluginHost
@@ -30,9 +30,15 @@ from sbr_core.providers.hypervisor import Hypervisor, VmExport
 from sbr_core.providers.items import ItemExport, ItemProvider
 from sbr_core.steps import StepContext, StepResult
 
+if TYPE_CHECKING:  # the repository loads when a step first needs it
+    from sbr_core.repository import Manifest, Repository
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0
+#: A restore into an instance logs the first this many notes of each kind (renamed,
+#: skipped, failed); the step's summary counts them all.
+_OUTCOME_LINES = 50
 _FINISH_RETRIES = 5
 
 
@@ -310,6 +316,8 @@ class WorkflowRun:
 
         repo = _repository(self.host, order["destination"], create=False)
         manifest = repo.manifest(order["backup"]["repo_backup_id"])
+        if context.params.get("mode") == "instance":
+            return self._restore_into_instance(repo, manifest, order, context)
         if manifest.disks:
             if context.workflow == "restore-import":  # the import step writes the disks
                 return StepResult(summary=f"backup {manifest.id[:8]} holds "
@@ -325,6 +333,55 @@ class WorkflowRun:
                                   op=context.op)
         return StepResult(summary=f"restored {totals['files']} files, {totals['bytes']} "
                                   f"bytes to {target}", figures=dict(totals))
+
+    def _restore_into_instance(self, repo: Repository, manifest: Manifest,
+                               order: dict[str, Any], context: StepContext) -> StepResult:
+        """Entries back into an instance (the backup's own: its original location) through
+        its provider's ``restore()``, which keeps what the platform needs (a share's owners
+        and links, a mailbox's folders); one entry failing never stops the others, and
+        the step fails at the end if any did."""
+        from sbr_core.providers.items import ItemRestoreRequest
+        from sbr_core.repository.reader import tree_entries
+
+        if manifest.disks:
+            raise UsageError(f"backup {manifest.id[:8]} is of a VM: import it to restore it "
+                             "to its hypervisor")
+        provider = self._optional_provider(order)
+        target = context.instance
+        if not isinstance(provider, ItemProvider) or target is None:
+            raise UsageError("a restore into an instance needs the instance's storage or "
+                             "application provider")
+        params = context.params
+        into = str(params.get("into", ""))
+        conflict = str(params.get("conflict", "rename"))
+        if context.attempt > 1 and conflict == "rename":
+            context.logger.warning(
+                "an earlier attempt of this restore was interrupted: what it restored is "
+                "there already, so it may now exist twice (the second as \"NAME (restored)\")")
+        request = ItemRestoreRequest(
+            target=target, entries=tree_entries(repo, manifest, str(params.get("include", ""))),
+            destination_path=into, conflict=conflict, op=context.op)
+        counts = {"restored": 0, "skipped": 0, "failed": 0}
+        first_failure = ""
+        with repo.reading():
+            for outcome in provider.restore(request):
+                counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                if outcome.status == "restored":
+                    if outcome.message and counts["restored"] <= _OUTCOME_LINES:
+                        context.logger.info("%s: %s", outcome.path, outcome.message)
+                    continue
+                if counts[outcome.status] <= _OUTCOME_LINES:
+                    level = logging.ERROR if outcome.status == "failed" else logging.WARNING
+                    context.logger.log(level, "%s %s: %s", outcome.path, outcome.status,
+                                       outcome.message)
+                if outcome.status == "failed" and not first_failure:
+                    first_failure = f"{outcome.path}: {outcome.message}"
+        place = f"{target.name}/{into.strip('/')}" if into.strip("/") else target.name
+        summary = (f"restored {counts['restored']} entries into {place} (on conflict: "
+                   f"{conflict}); {counts['skipped']} skipped, {counts['failed']} failed")
+        if counts["failed"]:
+            raise ProviderError(f"{summary}; the first: {first_failure}")
+        return StepResult(summary=summary, figures=counts)
 
     def _import(self, order: dict[str, Any], context: StepContext) -> StepResult:
         provider = self._hypervisor(order)

@@ -65,12 +65,17 @@ class RestoreOutcome:
     message: str = ""
 
 
+#: What a restore does with an entry that exists at the target: keep both (the restored one
+#: renamed), leave what is there, or replace it.
+RESTORE_CONFLICTS = ("rename", "skip", "overwrite")
+
+
 @attrs.frozen
 class ItemRestoreRequest:
     """Restore entries to ``target`` (the original instance or another one).
 
-    ``destination_path`` restores below another folder of the target; ``conflict`` is
-    ``"skip"``, ``"overwrite"`` or ``"rename"`` for an entry that already exists. ``options``
+    ``destination_path`` restores below another folder of the target; ``conflict`` (one of
+    RESTORE_CONFLICTS) says what to do with an entry that already exists. ``options``
     are plugin-specific (restore mail as unread, keep permissions).
     """
 

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from sbr_core.directio import write_all
 from sbr_core.errors import ProviderError, SbrError, TaskCancelled, UsageError
 from sbr_core.models import Entry, EntryKind
-from sbr_core.providers.items import ItemRestoreRequest, RestoreOutcome
+from sbr_core.providers.items import RESTORE_CONFLICTS, ItemRestoreRequest, RestoreOutcome
 from sbr_core.repository.sources import (
     can_set_owner,
     place_below,
@@ -30,7 +30,6 @@ from sbr_core.repository.sources import (
 )
 from sbr_core.repository.tree import CONTENT_KINDS, DIRECTORY_KINDS, later_names
 
-CONFLICTS = ("skip", "overwrite", "rename")
 TEMP_PREFIX = ".sbr-restore-"
 COPY_BLOCK = 1024 * 1024
 
@@ -43,9 +42,9 @@ class ShareRestore:
     """One restore request below ``base``."""
 
     def __init__(self, base: Path, request: ItemRestoreRequest, *, where: str) -> None:
-        if request.conflict not in CONFLICTS:
-            raise UsageError(f"{where}: conflict must be one of {', '.join(CONFLICTS)}, not "
-                             f"{request.conflict!r}")
+        if request.conflict not in RESTORE_CONFLICTS:
+            raise UsageError(f"{where}: conflict must be one of "
+                             f"{', '.join(RESTORE_CONFLICTS)}, not {request.conflict!r}")
         self.request = request
         self.op = request.op
         self.where = where

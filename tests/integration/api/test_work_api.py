@@ -345,12 +345,54 @@ def test_a_restore_is_queued_for_any_node_with_its_parameters(
     ({}, "to"), ({"to": None}, "to"), ({"to": "relative/path"}, "to"), ({"to": 5}, "to"),
     ({"to": ""}, "to"), ({"to": "/srv/x", "include": 3}, "include"),
     ({"to": "/srv/x", "overwrite": True}, "overwrite"),
+    ({"to": "/srv/x", "conflict": "skip"}, "conflict"), ({"to": "/srv/x", "into": "a"}, "into"),
+    ({"instance": "nope"}, "instance"), ({"instance": 99999}, "instance"),
+    ({"instance": None}, "instance"), ({"instance": "share1", "to": "/srv/x"}, "to"),
+    ({"instance": "share1", "into": "/abs"}, "into"),
+    ({"instance": "share1", "into": "a/../.."}, "into"),
+    ({"instance": "share1", "into": 3}, "into"),
+    ({"instance": "share1", "conflict": "merge"}, "conflict"),
+    ({"instance": "share1", "format": "raw"}, "format"),
 ])
 def test_bad_restore_requests_name_the_field_and_queue_nothing(
         api_server: ApiServer, site: dict[str, Any], body: dict[str, Any], field: str) -> None:
     backup = _catalog_row(site)
     _error(api_server.call("POST", f"/backups/{backup.id}/restore", body, user="operator"),
            400, field)
+    assert Workflow.select().count() == 0
+
+
+def test_a_restore_into_an_instance_goes_to_the_nodes_of_its_connection(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    backup = _catalog_row(site)
+    status, flow = api_server.call("POST", f"/backups/{backup.id}/restore",
+                                   {"instance": "share1", "into": "old", "include": "docs"},
+                                   user="operator")
+    assert status == 201, flow
+    assert flow["kind"] == "restore" and flow["instance"] == "share1"
+    assert flow["params"] == {"backup_id": backup.id, "mode": "instance", "include": "docs",
+                              "into": "old", "conflict": "rename"}
+    workflow = Workflow.get_by_id(flow["id"])
+    assert workflow.instance_id == site["instance"].id and workflow.provider_name == "nas1"
+    entry = AuditLog.get(AuditLog.action == "restore.start")
+    assert entry.target == "share1" and entry.detail["conflict"] == "rename"
+    _error(api_server.call("POST", f"/backups/{backup.id}/restore",
+                           {"instance": site["instance"].id}, user="viewer"), 403)
+
+
+def test_a_restore_into_an_instance_of_another_kind_is_refused(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    backup = _catalog_row(site)
+    host = PluginHost.discover()
+    box = SecretBox(load_or_create_key(api_server.data_dir / "secret.key"))
+    other = connections.save(ProviderKind.HYPERVISOR, "kvm1", "kvm",
+                             {"uri": "qemu:///system"}, host=host, box=box)
+    vm = Instance.create(connection=other, external_id="uuid-9", name="db1", kind="vm")
+    _error(api_server.call("POST", f"/backups/{backup.id}/restore", {"instance": vm.id},
+                           user="operator"), 400, "instance", "import")
+    vm_backup = _vm_backup(site)
+    _error(api_server.call("POST", f"/backups/{vm_backup.id}/restore",
+                           {"instance": "share1"}, user="operator"), 400, "instance", "import")
     assert Workflow.select().count() == 0
 
 

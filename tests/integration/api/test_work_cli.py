@@ -118,6 +118,73 @@ def test_backup_wait_lists_the_backup_and_restore_wait_writes_the_files(
     assert "stored backup" in followed.stdout and "succeeded" in followed.stdout
 
 
+def test_a_share_restores_to_its_original_location_keeping_both_skipping_or_overwriting(
+        operator: Cli, site: dict[str, Any], node: None) -> None:
+    share = site["share"]
+    os.setxattr(share / "docs" / "a.txt", "user.origin", b"scanner")
+    os.symlink("a.txt", share / "docs" / "latest")
+    os.chmod(share / "docs" / "a.txt", 0o640)
+    before = {p: (p.read_bytes(), p.stat().st_mode) for p in (share / "docs" / "a.txt",
+                                                              share / "b.bin")}
+    ok(operator("backup", "share1", "--destination", "disk1", "--wait"))
+    backup = Backup.get()
+    # The admin's bad day: a file deleted, one overwritten, a link gone.
+    (share / "b.bin").unlink()
+    (share / "docs" / "a.txt").write_text("ransomware was here\n")
+    (share / "docs" / "latest").unlink()
+
+    kept = ok(operator("restore", str(backup.id), "--original", "--wait"))
+    assert "succeeded" in kept.stdout, kept.stdout
+    assert (share / "b.bin").read_bytes() == before[share / "b.bin"][0]  # was gone: back
+    assert os.readlink(share / "docs" / "latest") == "a.txt"
+    assert (share / "docs" / "a.txt").read_text() == "ransomware was here\n"  # both kept
+    renamed = share / "docs" / "a (restored).txt"
+    assert (renamed.read_bytes(), renamed.stat().st_mode) == before[share / "docs" / "a.txt"]
+    assert os.getxattr(renamed, "user.origin") == b"scanner"
+    flow = Workflow.select().order_by(Workflow.id.desc()).first()
+    assert flow.instance.name == "share1" and flow.provider_name == "nas1"
+    detail = as_json(operator("task", str(flow.id), "--json"))
+    lines = " ".join(line["message"] for task in detail["tasks"] for line in task["log"])
+    assert "restored as a (restored).txt: a.txt exists" in lines, lines
+    assert "on conflict: rename" in lines, lines
+
+    renamed.unlink()
+    skipped = ok(operator("restore", str(backup.id), "--original", "--conflict", "skip",
+                          "--include", "docs/a.txt", "--wait"))
+    assert "succeeded" in skipped.stdout, skipped.stdout
+    assert (share / "docs" / "a.txt").read_text() == "ransomware was here\n"
+    assert not renamed.exists()
+
+    ok(operator("restore", str(backup.id), "--original", "--conflict", "overwrite",
+                "--include", "docs/a.txt", "--wait"))
+    assert ((share / "docs" / "a.txt").read_bytes(),
+            (share / "docs" / "a.txt").stat().st_mode) == before[share / "docs" / "a.txt"]
+
+    ok(operator("restore", str(backup.id), "--instance", "share1", "--into", "from-backup",
+                "--include", "docs", "--wait"))
+    assert (share / "from-backup" / "docs" / "a.txt").read_bytes() == \
+        before[share / "docs" / "a.txt"][0]
+    assert not (share / "from-backup" / "b.bin").exists()
+    entry = AuditLog.select().where(AuditLog.action == "restore.start") \
+        .order_by(AuditLog.id.desc()).first()
+    assert entry.target == "share1" and entry.detail["into"] == "from-backup"
+
+
+def test_a_restore_into_the_share_fails_naming_the_entries_it_could_not_write(
+        operator: Cli, site: dict[str, Any], node: None) -> None:
+    ok(operator("backup", "share1", "--destination", "disk1", "--wait"))
+    backup = Backup.get()
+    (site["share"] / "b.bin").unlink()
+    (site["share"] / "b.bin").mkdir()  # a directory where the file was: overwrite cannot
+    (site["share"] / "docs" / "a.txt").unlink()
+    failed = operator("restore", str(backup.id), "--original", "--conflict", "overwrite",
+                      "--wait")
+    line = one_line_error(failed, "1 failed", "b.bin: a directory is in the way")
+    assert "restored 2 entries" in line, line  # docs and docs/a.txt: written all the same
+    assert (site["share"] / "docs" / "a.txt").read_text() == "alpha\n" * 1000
+    assert (site["share"] / "b.bin").is_dir()
+
+
 def test_a_backup_of_a_vanished_share_fails_wait_with_the_reason(
         operator: Cli, site: dict[str, Any], node: None) -> None:
     site["share"].rename(site["tmp"] / "gone")
@@ -194,6 +261,12 @@ def test_bad_input_names_the_field_and_changes_nothing(
         (("restore", "abc", "--to", "/srv/x"), "BACKUP_ID"),
         (("restore", str(backup.id), "--to", "relative/dir"), "to"),
         (("restore", "99999", "--to", "/srv/x"), "no backup 99999"),
+        (("restore", str(backup.id)), "--to PATH, --original or --instance"),
+        (("restore", str(backup.id), "--to", "/srv/x", "--original"), "one of them"),
+        (("restore", str(backup.id), "--to", "/srv/x", "--into", "a"), "--into"),
+        (("restore", str(backup.id), "--instance", "nope"), "no instance 'nope'"),
+        (("restore", str(backup.id), "--original", "--into", "../up"), "into"),
+        (("restore", str(backup.id), "--original", "--conflict", "merge"), "--conflict"),
         (("task", "x1"), "TASK_ID"),
         (("task", "99999"), "no task 99999"),
         (("backups", "nope"), "instance"),

@@ -241,6 +241,20 @@ def test_tied_nodes_take_only_their_provider_s_work_and_others_leave_it(
     assert got_racked is not None and got_racked.workflow_id == in_rack.id
 
 
+def test_work_of_no_provider_goes_to_tied_nodes_too(database: Any) -> None:
+    """A restore into a directory and a prune need no provider: with every node tied
+    they must still run."""
+    tied = _node("tied", affinity=["provider:nas1"])
+    other = _backup(database, _instance("s2", provider="nas2"))
+    restore = workflows.create_workflow(database, "restore", params={"path": "/srv/r"})
+    got = claims.claim(database, tied)
+    assert got is not None and got.workflow_id == restore.id
+    assert claims.claim(database, tied) is None  # nas2's backup waits for an untied node
+    free = _node("free")
+    got_free = claims.claim(database, free)
+    assert got_free is not None and got_free.workflow_id == other.id
+
+
 def test_unknown_workflow_kind_names_the_field(database: Any) -> None:
     with pytest.raises(UsageError, match="kind: unknown workflow kind 'teleport'"):
         workflows.create_workflow(database, "teleport")
