@@ -199,14 +199,17 @@ class ShareRestore:
             self._moved[entry.path] = None
             raise _Skipped("something else exists under its name; left as it is, and "
                            "everything below it skipped")
+        elif stat.S_ISDIR(st.st_mode):
+            # Folders merge, as in a file manager's "keep both": what is missing comes back
+            # where it was, and only the files that exist are restored beside themselves.
+            note = "merged into the existing directory"
         elif self.conflict == "rename":
             path = self._free_name(path, directory=True)
             path.mkdir(mode=0o700)
             self._made.add(path)
             self._moved[entry.path] = path.relative_to(self.base).as_posix()
-            note = f"restored as {path.name}: {entry.path.rsplit('/', 1)[-1]} exists"
-        elif stat.S_ISDIR(st.st_mode):
-            note = "merged into the existing directory"
+            note = (f"restored as {path.name}: something else exists under the name "
+                    f"{entry.path.rsplit('/', 1)[-1]}")
         else:
             path.unlink()
             path.mkdir(mode=0o700)

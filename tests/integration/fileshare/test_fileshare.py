@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -246,17 +247,41 @@ def test_conflict_modes(share: Path, repo: Repository, conflict: str) -> None:
     assert not [p for p in (share / "docs").iterdir() if p.name.startswith(".sbr-restore-")]
 
 
-def test_a_folder_restored_beside_the_existing_one(share: Path, repo: Repository) -> None:
+def test_keep_both_merges_into_a_folder_and_restores_its_files_beside_themselves(
+        share: Path, repo: Repository) -> None:
     provider = make_provider(share)
     before = snapshot(share)["entries"]
     run = backup(provider, repo)
+    (share / "archive" / "2019.txt").unlink()
+    (share / "archive" / "2020.txt").write_text("edited after the backup")
+    edited = snapshot(share)["entries"]["archive/2020.txt"]
+
     outcomes = restore(provider, repo, run.manifest, include="archive", conflict="rename")
     assert statuses(outcomes) == {"archive": "restored", "archive/2019.txt": "restored",
                                   "archive/2020.txt": "restored"}
+    by_path = {outcome.path: outcome.message for outcome in outcomes}
+    assert "merged into the existing directory" in by_path["archive"]
+    now = snapshot(share)["entries"]
+    assert now["archive/2019.txt"] == before["archive/2019.txt"]  # back where it was
+    assert now["archive/2020.txt"] == edited
+    assert now["archive/2020 (restored).txt"] == before["archive/2020.txt"]
+    assert "archive (restored)" not in now
+
+
+def test_a_folder_whose_name_a_file_took_is_restored_beside_it(share: Path,
+                                                               repo: Repository) -> None:
+    provider = make_provider(share)
+    before = snapshot(share)["entries"]
+    run = backup(provider, repo)
+    shutil.rmtree(share / "archive")
+    (share / "archive").write_text("not a folder any more")
+    outcomes = restore(provider, repo, run.manifest, include="archive", conflict="rename")
+    assert set(statuses(outcomes).values()) == {"restored"}
     now = snapshot(share)["entries"]
     for name in ("2019.txt", "2020.txt"):
         assert now[f"archive (restored)/{name}"] == before[f"archive/{name}"]
     assert now["archive (restored)"][2:] == before["archive"][2:]
+    assert (share / "archive").read_text() == "not a folder any more"
 
 
 def test_skip_restores_what_is_missing_in_an_existing_folder(share: Path,
