@@ -71,6 +71,12 @@ def _guest_writes(dom: object, extents: Path, turn: int) -> int:
         if "error" in out.lower():
             raise RuntimeError(out)
         total += length
+    # QEMU keeps qcow2 metadata in its cache: flushed, the file outside (qemu-img compare -U)
+    # shows what the guest wrote.
+    out = libvirt_qemu.qemuMonitorCommand(dom, f'qemu-io -d {qom} "flush"',
+                                          libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    if "error" in out.lower():
+        raise RuntimeError(out)
     return total
 
 
