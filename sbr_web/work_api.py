@@ -9,7 +9,9 @@ unknown id in the path is a 404; a clash with the current state is a 409.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +20,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from sbr_core import audit
 from sbr_core.db.schema import Backup, Destination, Instance, Policy, Workflow
-from sbr_core.engine import expiry, views, workflows
+from sbr_core.engine import expiry, mount, views, workflows
 from sbr_core.errors import ConfigError, ConflictError, NotFoundError
 from sbr_core.providers.items import RESTORE_CONFLICTS
 from sbr_web.auth import require_permission
@@ -155,8 +157,8 @@ def _workflow(raw_id: str) -> Workflow:
     return row
 
 
-def _created(workflow: Workflow) -> Any:
-    response = jsonify(views.workflow_detail(workflow))
+def _created(workflow: Workflow, **extra: Any) -> Any:
+    response = jsonify({**views.workflow_detail(workflow), **extra})
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/tasks/{workflow.id}"
     return response
@@ -440,6 +442,53 @@ def start_import(raw_id: str) -> Any:
                          "name": name, "replace": bool(replace)},
                  remote_addr=request.remote_addr or "")
     return _created(workflow)
+
+
+@blueprint.route("/backups/<raw_id>/mount", methods=["POST"])
+@require_permission("operate")
+def start_mount(raw_id: str) -> Any:
+    """Serve a VM backup's disks over NBD from a node, read-only, without restoring them:
+    ``{listen?: IP address (127.0.0.1), port?: 0-65535 (0: any free one), minutes?: 1-10080
+    (60), disks?: [keys]}``. The answer carries ``export``, the secret export name (shown
+    only here); the mount task's log says ``serving nbd://HOST:PORT/``, and a disk is read at
+    ``nbd://HOST:PORT/EXPORT/DISK``. Cancelling the task ends the mount."""
+    backup = _backup(raw_id)
+    body = _body("mount request", ("listen", "port", "minutes", "disks"))
+    problems: dict[str, str] = {}
+    listen = body.get("listen", "127.0.0.1")
+    try:
+        ipaddress.ip_address(listen if isinstance(listen, str) else "")
+    except ValueError:
+        problems["listen"] = ("must be an IP address of the node to listen on (0.0.0.0 for "
+                              f"all), not {listen!r}")
+    port = body.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        problems["port"] = f"must be a TCP port from 0 (any free one) to 65535, not {port!r}"
+    minutes = body.get("minutes", mount.DEFAULT_MINUTES)
+    if isinstance(minutes, bool) or not isinstance(minutes, int) \
+            or not 1 <= minutes <= mount.MAX_MINUTES:
+        problems["minutes"] = (f"must be a whole number of minutes from 1 to "
+                               f"{mount.MAX_MINUTES}, not {minutes!r}")
+    disks = _disk_keys(body.get("disks"), problems)
+    if problems:
+        raise ConfigError("mount request", problems)
+    _restorable(backup)
+    instance = Instance.get_by_id(backup.instance_id)  # the catalog row has only its name
+    if instance.kind != "vm":
+        raise ConflictError(f"backup {backup.id} is of a {instance.kind}: a mount serves VM "
+                            "disks; restore files with POST /backups/ID/restore {to, include}")
+    export = secrets.token_urlsafe(24)
+    params: dict[str, Any] = {"backup_id": backup.id, "listen": listen, "port": port,
+                              "minutes": minutes, "disks": disks, "export": export}
+    engine = _engine()
+    workflow = workflows.create_workflow(
+        engine["db"], "mount", instance=None, params=params, requested_by=_actor(),
+        host=engine["host"], priority=workflows.RESTORE_PRIORITY)
+    audit.record("mount.start", actor=_actor(), target=instance.name,
+                 detail={"workflow_id": workflow.id, "backup_id": backup.id, "listen": listen,
+                         "port": port, "minutes": minutes, "disks": disks},
+                 remote_addr=request.remote_addr or "")
+    return _created(workflow, export=export)
 
 
 # --- tasks --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ BUILTIN_COMMANDS = {
     "delete-backup": "sbr_core.cli.work:delete_backup",
     "restore": "sbr_core.cli.work:restore",
     "import": "sbr_core.cli.work:import_vm",
+    "mount": "sbr_core.cli.mount:mount_backup",
     "tasks": "sbr_core.cli.work:tasks",
     "task": "sbr_core.cli.work:task",
     "cancel": "sbr_core.cli.work:cancel",

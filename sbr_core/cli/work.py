@@ -86,6 +86,8 @@ def _what(flow: dict[str, Any]) -> str:
     if flow["kind"] == "restore-import":
         into = "over the original" if params.get("replace") else f"as {params.get('name')}"
         return f"import of backup {params.get('backup_id')} {into}"
+    if flow["kind"] == "mount":
+        return f"mount of backup {params.get('backup_id')}"
     if flow.get("instance"):
         return f"{flow['kind']} of {flow['instance']}"
     return f"{flow['kind']} on {flow['destination']}" if flow.get("destination") \

@@ -59,6 +59,7 @@ class TaskReporter:
         self._window: tuple[float, int] = (time.monotonic(), 0)
         self._lines: list[tuple[str, str]] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"sbr-heartbeat-{task_id}",
                                         daemon=True)
 
@@ -80,10 +81,20 @@ class TaskReporter:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
 
+    def send_now(self) -> None:
+        """Beat at once instead of at the next interval: what was just logged is something
+        the user waits for (where a mount is served)."""
+        self._wake.set()
+
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self._lock:
                 now = time.monotonic()
                 since, before = self._window
@@ -223,7 +234,8 @@ class WorkflowRun:
         step = context.step
         core: dict[str, Callable[[dict[str, Any], StepContext], StepResult]] = {
             "export": self._export, "store": self._store, "restore": self._restore,
-            "prune": self._prune, "import": self._import, "snapshot": self._snapshot}
+            "prune": self._prune, "import": self._import, "snapshot": self._snapshot,
+            "mount": self._mount}
         if step in core:
             return core[step](order, context)
         plugin_steps = self.host.workflow_steps()
@@ -388,6 +400,15 @@ class WorkflowRun:
         repo = _repository(self.host, order["destination"], create=False)
         manifest = repo.manifest(order["backup"]["repo_backup_id"])
         return vm_steps.import_vm(provider, repo, manifest, context)
+
+    def _mount(self, order: dict[str, Any], context: StepContext) -> StepResult:
+        from sbr_core.engine.mount import serve_backup
+
+        repo = _repository(self.host, order["destination"], create=False)
+        manifest = repo.manifest(order["backup"]["repo_backup_id"])
+        reporter = self._log_handler.reporter
+        return serve_backup(repo, manifest, context,
+                            announce=reporter.send_now if reporter else lambda: None)
 
     def _snapshot(self, order: dict[str, Any], context: StepContext) -> StepResult:
         return vm_steps.snapshot(self._hypervisor(order), context)

@@ -25,6 +25,9 @@ from sbr_core.db.schema import (
     Workflow,
 )
 
+#: Workflow params that only the one who started it sees (in the answer to the request):
+#: a mount's export name is the key to its disks.
+PRIVATE_PARAMS = ("export",)
 #: Log lines one call hands back at most; ``more`` says that another call (``after=``) has more.
 LOG_PAGE = 1000
 
@@ -139,7 +142,8 @@ def workflow_json(workflow: Workflow, tasks: list[Task], *, instance_names: dict
                   node_names: dict[int, str], destination_names: dict[int, str]
                   ) -> dict[str, Any]:
     """A workflow as the task list shows it: its state, what it is at, a compact step list."""
-    params = dict(workflow.params or {})
+    params = {key: "(hidden)" if key in PRIVATE_PARAMS else value
+              for key, value in (workflow.params or {}).items()}
     current = current_task(tasks)
     at: dict[str, Any] | None = None
     if current is not None:

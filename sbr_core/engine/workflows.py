@@ -30,7 +30,7 @@ CORE_STEPS: Mapping[str, tuple[str, ...]] = {
     "backup": ("export", "store"),
     "restore": ("restore",),
     "restore-import": ("restore", "import"),
-    "mount": ("restore", "mount"),
+    "mount": ("mount",),  # on-demand reads: nothing is restored first
     "snapshot": ("snapshot",),
     "prune": ("prune",),  # retention: forget expired backups, then collect garbage
 }

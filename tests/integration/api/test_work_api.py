@@ -450,6 +450,58 @@ def test_imports_of_file_backups_or_by_viewers_are_refused(
     assert Workflow.select().count() == 0
 
 
+def test_a_mount_is_queued_with_a_secret_export_name_only_its_starter_sees(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    backup = _vm_backup(site)
+    status, flow = api_server.call("POST", f"/backups/{backup.id}/mount",
+                                   {"minutes": 5, "disks": ["vda"]}, user="operator")
+    assert status == 201, flow
+    assert flow["kind"] == "mount" and [s["step"] for s in flow["steps"]] == ["mount"]
+    export = flow["export"]
+    assert len(export) >= 32
+    assert Workflow.get_by_id(flow["id"]).params["export"] == export
+    assert flow["params"] == {"backup_id": backup.id, "listen": "127.0.0.1", "port": 0,
+                              "minutes": 5, "disks": ["vda"], "export": "(hidden)"}
+    for path in (f"/tasks/{flow['id']}", "/tasks"):
+        status, shown = api_server.call("GET", path, user="viewer")
+        assert status == 200 and export not in str(shown)
+    entry = AuditLog.get(AuditLog.action == "mount.start")
+    assert entry.username == "operator" and entry.target == "web1"
+    assert export not in str(entry.detail)
+    second = api_server.call("POST", f"/backups/{backup.id}/mount", {}, user="operator")[1]
+    assert second["export"] != export  # each mount has a name of its own
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"listen": "my-host"}, "listen"), ({"listen": 127}, "listen"),
+    ({"port": 70000}, "port"), ({"port": "10809"}, "port"), ({"port": -1}, "port"),
+    ({"minutes": 0}, "minutes"), ({"minutes": 10081}, "minutes"),
+    ({"minutes": True}, "minutes"), ({"disks": "vda"}, "disks"), ({"to": "/srv"}, "to"),
+])
+def test_bad_mount_requests_name_the_field_and_queue_nothing(
+        api_server: ApiServer, site: dict[str, Any], body: dict[str, Any], field: str) -> None:
+    backup = _vm_backup(site)
+    _error(api_server.call("POST", f"/backups/{backup.id}/mount", body, user="operator"),
+           400, field)
+    assert Workflow.select().count() == 0
+
+
+def test_mounts_of_file_backups_unknown_backups_or_by_viewers_are_refused(
+        api_server: ApiServer, site: dict[str, Any]) -> None:
+    share_backup = _catalog_row(site)
+    _error(api_server.call("POST", f"/backups/{share_backup.id}/mount", {}, user="operator"),
+           409, "of a share", "restore files")
+    _error(api_server.call("POST", "/backups/99999/mount", {}, user="operator"), 404,
+           "no backup 99999")
+    vm_backup = _vm_backup(site)
+    assert api_server.call("POST", f"/backups/{vm_backup.id}/mount", {},
+                           user="viewer")[0] == 403
+    broken = _catalog_row(site, instance=vm_backup.instance, state="deleting")
+    _error(api_server.call("POST", f"/backups/{broken.id}/mount", {}, user="operator"), 409,
+           "deleting")
+    assert Workflow.select().count() == 0
+
+
 def test_restores_of_unknown_or_incomplete_backups_are_refused(
         api_server: ApiServer, site: dict[str, Any]) -> None:
     _error(api_server.call("POST", "/backups/99999/restore", {"to": "/srv/x"},

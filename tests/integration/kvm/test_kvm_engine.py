@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -101,6 +102,8 @@ def test_backup_restore_and_import_of_a_running_domain_through_server_and_node(
     qemu_img("compare", "-F", "raw", str(restored / "vda.qcow2"), str(expected))
     assert (restored / "domain.xml").read_text().startswith("<domain")
 
+    _mount_serves_the_backup_until_cancelled(site, second, expected)
+
     copy = f"{name}-copy"
     placed = tmp_path / "imported"
     placed.mkdir()
@@ -115,6 +118,42 @@ def test_backup_restore_and_import_of_a_running_domain_through_server_and_node(
         qemu_img("compare", "-U", "-F", "raw", str(image), str(expected))
     finally:
         libvirtd.remove_domain(imported)
+
+
+def _mount_serves_the_backup_until_cancelled(site: KvmSite, backup: Backup,
+                                             expected: Path) -> None:
+    """``sbr mount``: QEMU reads the incremental's disk over NBD as it was; the export name
+    is nowhere but in that command's output; ``sbr cancel`` ends the mount."""
+    served = json.loads(site.sbr("mount", str(backup.id), "--minutes", "10", "--json").stdout)
+    [url] = served["urls"].values()
+    assert served["node"] == "n1" and list(served["urls"]) == ["vda"]
+    qemu_img("compare", "-F", "raw", url, str(expected))
+    export = url.rsplit("/", 2)[-2]
+    viewer = Cli(site.server, "viewer")
+    shown = viewer("task", str(served["task"]), "--json").stdout
+    assert export not in shown and '"export": "(hidden)"' in shown
+    assert export not in _log(served["task"])
+    wrong = url.replace(export, export[:-4] + "xxxx")
+    assert subprocess.run(["qemu-img", "info", wrong], capture_output=True,
+                          timeout=30).returncode != 0
+    site.sbr("cancel", str(served["task"]))
+    deadline = time.monotonic() + 30
+    while Workflow.get_by_id(served["task"]).state != "cancelled":
+        assert time.monotonic() < deadline, "the mount did not stop"
+        time.sleep(0.2)
+    assert "mount stopped by request: " in _log(served["task"])
+    assert subprocess.run(["qemu-img", "info", url], capture_output=True,
+                          timeout=30).returncode != 0
+    # a node that cannot serve fails the mount, and the command says why
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = site.admin("mount", str(backup.id), "--port", str(port), timeout=120)
+    assert busy.returncode != 0
+    assert f"cannot listen on 127.0.0.1 port {port}" in busy.stderr, busy.stderr
+    unknown = site.admin("mount", str(backup.id), "--disk", "vdz", timeout=120)
+    assert unknown.returncode != 0 and "has no disk vdz (it has vda)" in unknown.stderr
 
 
 def _random_disk(path: Path, size: int) -> Path:
