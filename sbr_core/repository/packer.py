@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from sbr_core.repository.repo import Repository
 
 INDEX_EVERY = 32
+#: The index is also written once this many blobs wait for it, and a pack ends at this many
+#: blobs, so that what a writer holds stays bounded when chunks compress to almost nothing.
+INDEX_EVERY_BLOBS = 32768
+PACK_MAX_BLOBS = 16384
 UPLOADS_IN_FLIGHT = 2
 
 Entry = tuple[BlobType, bytes, int, int, int]  # type, id, offset, stored length, raw length
@@ -45,6 +49,7 @@ class Packer:
                                             thread_name_prefix="sbr-upload")
         self._slots = threading.Semaphore(UPLOADS_IN_FLIGHT)
         self._unindexed: dict[bytes, list[Entry]] = {}
+        self._unindexed_blobs = 0
         self.index_keys: list[str] = []
         self.packs_written = 0
         self.stored_bytes = 0
@@ -60,7 +65,7 @@ class Packer:
         self._entries.append((blob_type, blob_id, self._size, len(stored), raw_length))
         self._parts.append(stored)
         self._size += len(stored)
-        if self._size >= self.pack_size:
+        if self._size >= self.pack_size or len(self._entries) >= PACK_MAX_BLOBS:
             self._finish_pack()
         return True
 
@@ -98,13 +103,14 @@ class Packer:
             if block or future.done():
                 pack_id, entries = future.result()
                 self._unindexed[pack_id] = entries
+                self._unindexed_blobs += len(entries)
                 self.index.add(pack_id, entries)
                 self.packs_written += 1
                 self.stored_bytes += sum(e[3] for e in entries)
             else:
                 still.append(future)
         self._uploads = still
-        if len(self._unindexed) >= INDEX_EVERY:
+        if len(self._unindexed) >= INDEX_EVERY or self._unindexed_blobs >= INDEX_EVERY_BLOBS:
             self._write_index()
 
     def _write_index(self) -> None:
@@ -118,6 +124,7 @@ class Packer:
             for entry in entries:
                 self.pending.discard(entry[1])
         self._unindexed = {}
+        self._unindexed_blobs = 0
 
     def flush(self) -> None:
         """Store everything added so far: packs, then the index naming them."""
