@@ -2,11 +2,12 @@
 
     python bench/kvm.py                          # 2 GiB disk of mixed content
     python bench/kvm.py --disk-size 256M --output /tmp/perf-test.md   # a quick check
-    python bench/kvm.py --disk-size 20G --no-peers   # does memory stay bounded? (SBR only)
+    python bench/kvm.py --disk-size 20G --no-peers --full-runs 1   # memory bounded? (SBR)
 
 A private libvirtd (tests/libvirtd.py) runs a TCG domain whose qcow2 disk is the
 repository bench's seeded image (zeros, text, random, repeated blocks; zeros unallocated).
-Each tool takes a full backup; the guest then rewrites a seeded 2 % of the disk (64 KiB
+Each tool takes --full-runs full backups in turns (a full's time swings from run to run;
+the table shows the median); the guest then rewrites a seeded 2 % of the disk (64 KiB
 blocks, through the QEMU monitor, as the guest would); each tool takes an incremental; each
 restores the last point, which is compared with the live disk by ``qemu-img compare``.
 Every step is one child process measured with wait4 (wall, CPU, peak RSS): for SBR,
@@ -54,6 +55,7 @@ class Row:
     result: Measured
     logical: int
     note: str = ""
+    runs: tuple[float, ...] = ()  # every full's wall time, when the row is their median
 
 
 def _guest_writes(dom: object, extents: Path, turn: int) -> int:
@@ -98,17 +100,62 @@ def _measure(name: str, argv: list[str], logs: Path, env: dict[str, str]) -> Mea
     return result
 
 
+def _vnb_command(daemon: PrivateLibvirtd, name: str, rundir: Path, out: Path) -> list[str]:
+    return ["virtnbdbackup", "-U", daemon.uri, "-d", name, "-o", str(out),
+            "-S", str(rundir / "scratch"), "-f", str(rundir / "vnb.sock"), "-n",
+            # 1.9.15 asks any qemu+… URI for credentials; the private daemon takes
+            # none and ignores these.
+            "--user", "root", "--password", "unused"]
+
+
+def _drop_checkpoints(dom: object) -> None:
+    for checkpoint in reversed(dom.listAllCheckpoints(0)):  # type: ignore[attr-defined]
+        checkpoint.delete(0)
+
+
+def _earlier_fulls(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path,
+                   runs: int, peers: bool, sbr_backup: object, logs: Path,
+                   env: dict[str, str]) -> dict[str, list[Measured]]:
+    """All but the last of --full-runs full backups per tool, taking turns, each into a
+    fresh directory or repository that is then removed with its checkpoints: one full's
+    time swings with the page cache and with QEMU's own work, so the table shows the
+    median."""
+    fulls: dict[str, list[Measured]] = {"virtnbdbackup": [], "sbr": []}
+    for turn in range(runs - 1):
+        log(f"full backup, turn {turn + 1} of {runs} ...")
+        if peers:
+            out = rundir / "vnb-earlier"
+            fulls["virtnbdbackup"].append(_measure(
+                f"vnb-full-{turn}", [*_vnb_command(daemon, name, rundir, out), "-l", "full"],
+                logs, env))
+            shutil.rmtree(out, ignore_errors=True)
+            _drop_checkpoints(dom)
+        repo, state = rundir / "sbr-earlier-repo", rundir / "sbr-earlier-state.json"
+        fulls["sbr"].append(sbr_backup(f"full-{turn}", repo, state))  # type: ignore[operator]
+        shutil.rmtree(repo, ignore_errors=True)
+        state.unlink(missing_ok=True)
+        _drop_checkpoints(dom)
+    return fulls
+
+
+def _median_full(rows: list[Row], earlier: dict[str, list[Measured]]) -> None:
+    """Each tool's full row becomes the run of median wall time among all its fulls."""
+    for row in rows:
+        if row.step != "full" or not earlier.get(row.tool) or row.result.error:
+            continue
+        results = [m for m in earlier[row.tool] if not m.error] + [row.result]
+        ranked = sorted(results, key=lambda m: m.wall)
+        row.result = ranked[(len(ranked) - 1) // 2]
+        row.runs = tuple(m.wall for m in ranked)
+
+
 def _peers(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path, data: object,
            disk: Path, size: int, rows: list[Row], facts: dict[str, object], logs: Path,
            env: dict[str, str]) -> None:
     """virtnbdbackup's full, incremental and restore on the domain; its directory is
     measured, then removed (a 20 GiB run would not fit the disk otherwise)."""
     vnb_dir = rundir / "vnb"
-    vnb = ["virtnbdbackup", "-U", daemon.uri, "-d", name, "-o", str(vnb_dir),
-           "-S", str(rundir / "scratch"), "-f", str(rundir / "vnb.sock"), "-n",
-           # 1.9.15 asks any qemu+… URI for credentials; the private daemon takes
-           # none and ignores these.
-           "--user", "root", "--password", "unused"]
+    vnb = _vnb_command(daemon, name, rundir, vnb_dir)
     # virtnbdbackup refuses to run beside checkpoints it did not make, so the tools
     # take turns: each backs up, sees the same 2 % rewritten, backs up again and
     # restores; virtnbdbackup's checkpoints are then removed.
@@ -129,8 +176,7 @@ def _peers(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path, data: 
                     _compare(restored, disk) if restored and not result.error
                     else ""))
     shutil.rmtree(vnb_out, ignore_errors=True)
-    for checkpoint in reversed(dom.listAllCheckpoints(0)):
-        checkpoint.delete(0)
+    _drop_checkpoints(dom)
     facts["vnb_dir"] = _du(vnb_dir)
     shutil.rmtree(vnb_dir, ignore_errors=True)
 
@@ -155,27 +201,36 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
     try:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         with daemon.domain(name, disk, memory_mib=128) as dom:
-            if args.peers:
-                _peers(dom, name, daemon, rundir, data, disk, size, rows, facts, logs, env)
             sbr_base = [sys.executable, str(BENCH / "kvm_node.py")]
             sbr_state, repo = rundir / "sbr-state.json", rundir / "sbr-repo"
-            def sbr_backup(step: str) -> Measured:
+
+            def sbr_backup(step: str, repo: Path = repo, state: Path = sbr_state) -> Measured:
                 return _measure(f"sbr-{step}", [*sbr_base, "backup", "--uri", daemon.uri,
                                                 "--domain", dom.UUIDString(), "--repo",
                                                 str(repo), "--scratch",
                                                 str(rundir / "scratch"), "--state",
-                                                str(sbr_state)], logs, env)
+                                                str(state)], logs, env)
 
+            earlier = _earlier_fulls(dom, name, daemon, rundir, args.full_runs, args.peers,
+                                     sbr_backup, logs, env)
+            if args.peers:
+                _peers(dom, name, daemon, rundir, data, disk, size, rows, facts, logs, env)
             log("sbr: full, 2 % rewritten, incremental, restores ...")
             rows.append(Row("sbr", "full", sbr_backup("full"), size))
             changed = _guest_writes(dom, data.extents, 1)  # type: ignore[arg-type]
             facts["changed"] = changed
             rows.append(Row("sbr", "incremental", sbr_backup("incr"), changed))
+            _median_full(rows, earlier)
             for row in rows:
                 if row.tool == "sbr" and not row.result.error:
                     out = json.loads(row.result.stdout.strip().splitlines()[-1])
                     row.note = (f"read {workload.human(out['bytes_read'])}, stored "
                                 f"{workload.human(out['stored_new'])} new")
+                    quarters = out.get("rss_by_quarter") or []
+                    if len(quarters) > 1:
+                        row.note += "; RSS by quarter read: " + ", ".join(
+                            f"{rss / MiB:.0f} MiB by {workload.human(done)}"
+                            for done, rss in quarters)
             for fmt in ("raw", "qcow2"):
                 out = rundir / f"restored.{fmt}"
                 result = _measure(f"sbr-restore-{fmt}",
@@ -189,6 +244,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
     finally:
         daemon.stop()
     facts.update(size=size, composition=data.composition, seed=args.seed,
+                 full_runs=args.full_runs,
                  vnb=debian_version("virtnbdbackup") or "?")
     return rows, facts
 
@@ -200,8 +256,11 @@ def _du(path: Path) -> int:
 def _row_cells(row: Row) -> list[str]:
     r = row.result
     speed = f"{row.logical / r.wall / MiB:.0f}" if r.wall and not r.error else ""
+    note = r.error or row.note
+    if row.runs and len(row.runs) > 1:
+        note += f" (median of {', '.join(f'{w:.2f}' for w in row.runs)} s)"
     return [row.tool, row.step, f"{r.wall:.2f}", f"{r.cpu:.2f}", f"{r.peak_rss / MiB:.0f}",
-            speed, r.error or row.note]
+            speed, note]
 
 
 def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
@@ -245,7 +304,10 @@ def markdown(rows: list[Row], facts: dict[str, object], command: str) -> str:
              + (f"virtnbdbackup {facts['vnb']} with its defaults (no compression); "
               if facts["peers"] else "virtnbdbackup not run (--no-peers); ") + "SBR "
              "deduplicates, compresses (zstd) and encrypts. MiB/s is logical data (the disk "
-             "size; the changed bytes for incrementals) over wall time.", "",
+             "size; the changed bytes for incrementals) over wall time."
+             + (f" Each full row is the median of {facts['full_runs']} full backups per tool, "
+                "taken in turns, each into a fresh directory or repository; the incremental "
+                "follows the last." if int(facts["full_runs"]) > 1 else ""), "",
              report.md_table(header, [_row_cells(r) for r in rows]), "",
              f"Stored: SBR repository {workload.human(int(facts.get('sbr_repo', 0)))}"
              + (f", virtnbdbackup directory {workload.human(int(facts.get('vnb_dir', 0)))}"
@@ -272,9 +334,14 @@ def main() -> None:
                         help="disk, repositories, restores; not under /etc, /run or /var "
                         "(the private libvirtd overlays those)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--full-runs", type=int, default=3,
+                        help="full backups per tool, each into a fresh target; the table "
+                        "shows the median (3)")
     parser.add_argument("--no-peers", dest="peers", action="store_false",
                         help="SBR only, e.g. for a disk too large for both tools' copies")
     args = parser.parse_args()
+    if args.full_runs < 1:
+        parser.error("--full-runs must be at least 1")
     missing = PrivateLibvirtd.missing() or ("" if shutil.which("virtnbdbackup") or
                                             not args.peers else
                                             "virtnbdbackup is not installed (apt-get install "

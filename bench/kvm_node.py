@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,50 @@ def _provider(uri: str, scratch: str) -> KvmHypervisor:
     return KvmHypervisor(config, context=ProviderContext(name="bench"))
 
 
+class RssTrail:
+    """The process's resident set every half second, with the bytes read so far: whether
+    memory levels off as the disk goes on, or keeps growing with it."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, int]] = []  # (bytes read, RSS bytes)
+        self.writer: BackupWriter | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssTrail:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.writer is not None:
+                self.samples.append((self.writer.stats["bytes_read"], _rss()))
+
+    def by_quarter(self) -> list[list[int]]:
+        """The largest RSS seen in each quarter of the bytes read: [bytes read, RSS]."""
+        if not self.samples:
+            return []
+        total = self.samples[-1][0] or 1
+        quarters: list[list[int]] = []
+        for q in range(1, 5):
+            inside = [s for s in self.samples if (q - 1) * total / 4 < s[0] <= q * total / 4]
+            if inside:
+                quarters.append([inside[-1][0], max(rss for _, rss in inside)])
+        return quarters
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def backup(args: argparse.Namespace) -> dict[str, object]:
     repo = _repository(Path(args.repo))
     state_file = Path(args.state)
@@ -67,9 +112,10 @@ def backup(args: argparse.Namespace) -> dict[str, object]:
             previous=BackupPoint(previous["backup_id"], instance, previous["platform_state"])
             if previous else None)
         started = time.perf_counter()
-        with provider.export(request) as export, \
+        with RssTrail() as trail, provider.export(request) as export, \
                 BackupWriter(repo, name=f"bench/{instance.external_id}", kind="vm",  # type: ignore[arg-type]
                              parent=parent) as writer:
+            trail.writer = writer
             store_vm(writer, export, parent=parent, log=log)
             manifest = writer.commit(platform_state=dict(export.platform_state),
                                      metadata={"config_name": export.config_name})
@@ -79,7 +125,8 @@ def backup(args: argparse.Namespace) -> dict[str, object]:
                                       "platform_state": manifest.platform_state}))
     return {"backup_id": manifest.id, "full": full, "seconds": time.perf_counter() - started,
             "bytes_read": manifest.stats["bytes_read"],
-            "stored_new": manifest.stats.get("stored_new", 0)}
+            "stored_new": manifest.stats.get("stored_new", 0),
+            "rss_by_quarter": trail.by_quarter()}
 
 
 def restore(args: argparse.Namespace) -> dict[str, object]:

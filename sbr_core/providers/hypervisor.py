@@ -32,8 +32,9 @@ class DiskReader(Protocol):
     ``full`` is true when this disk is exported whole (new disk, broken change tracking) and
     ``reason`` says why. ``identity`` tells disks apart across backups beyond ``disk.key``,
     which platforms reuse (a vSphere device key, a libvirt target name): a backing file id,
-    a vSphere disk UUID. Reads come in increasing offset order, at most
-    ``max_parallel_reads`` at once, so streamed transports work.
+    a vSphere disk UUID. With ``max_parallel_reads`` 1, reads come from one thread in
+    increasing offset order, so streamed transports work; with more, up to that many run
+    at once on different threads, in any order.
     """
 
     disk: Disk

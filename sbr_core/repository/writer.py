@@ -39,7 +39,10 @@ READ_BLOCK = 1024 * 1024
 WORKERS = 3
 #: A named file is one blob; blob lengths are 32-bit and packs should stay small.
 MAX_FILE_BYTES = 64 * 1024 * 1024
-LOOKAHEAD = 4
+#: Read blocks in flight per disk, four per worker: a worker whose read waits on a slow
+#: server does not hold back the others (measured on a KVM export: 3.1 s with 4, 2.5 s with
+#: 12 for 1.2 GiB read; each block is 1 MiB read plus its encoded copy).
+LOOKAHEAD = 4 * WORKERS
 
 
 def _now() -> str:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 #: libvirt 7.6 made incremental backup (checkpoints + backupBegin) usable without tweaks.
 MIN_LIBVIRT = 7_006_000
 CONFIG_FILE = "domain.xml"
+#: NBD connections per exported disk, so reads overlap: 2.5 s against 2.8 s with one, for a
+#: 1.2 GiB full on 2 CPUs. qemu-nbd takes them (``--shared=4``); QEMU's NBD server has no limit.
+READ_CONNECTIONS = 3
 
 _STATES = {1: InstanceState.RUNNING, 2: InstanceState.RUNNING, 3: InstanceState.PAUSED,
            4: InstanceState.RUNNING, 5: InstanceState.STOPPED, 6: InstanceState.STOPPED,
@@ -292,11 +295,12 @@ class KvmHypervisor(Hypervisor):
             for disk in disks:
                 context = job.bitmap_context(disk.target)
                 nbd = NbdDisk(job.where(), disk.target, bitmap=context,
-                              label=f"{name}/{disk.target}")
+                              label=f"{name}/{disk.target}", connections=READ_CONNECTIONS)
                 cleanup.callback(nbd.close)
                 readers.append(ExportedDisk(
                     disk=attrs.evolve(disk.disk, capacity_bytes=nbd.size),
                     full=modes[disk.target] == "full", reason="", nbd=nbd,
+                    max_parallel_reads=nbd.max_parallel_reads,
                     still_there=lambda: self._gone(request.instance.external_id, name)))
             state = {"checkpoint": new if job.checkpoint else "",
                      "checkpoint_created": bool(job.checkpoint),
@@ -369,11 +373,12 @@ class KvmHypervisor(Hypervisor):
                 server.start()
                 cleanup.callback(server.stop)
                 nbd = NbdDisk(server.where(), disk.target, bitmap=server.bitmap_context(),
-                              label=f"{name}/{disk.target}")
+                              label=f"{name}/{disk.target}", connections=READ_CONNECTIONS)
                 cleanup.callback(nbd.close)
                 readers.append(ExportedDisk(
                     disk=attrs.evolve(disk.disk, capacity_bytes=nbd.size),
                     full=not bitmap, reason="", nbd=nbd,
+                    max_parallel_reads=nbd.max_parallel_reads,
                     still_there=lambda: ""))
             # No checkpoint can be made without QEMU: the next backup reads the changes since
             # the same one again (a superset, so nothing is missed).

@@ -8,8 +8,10 @@ by ``qemu-nbd --bitmap`` (context ``qemu:dirty-bitmap:<bitmap>``).
 
 from __future__ import annotations
 
-import threading
+import queue
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sbr_core.errors import ProviderError
@@ -22,58 +24,102 @@ STATE_DIRTY = 1  # qemu:dirty-bitmap:*: changed since the bitmap's checkpoint
 STATUS_WINDOW = 1 << 30
 #: QEMU serves reads of up to 32 MiB.
 MAX_READ = 32 << 20
+#: How long a connection beyond the first may take to open before the reader makes do.
+EXTRA_CONNECT_SECONDS = 2.0
 
 
 class NbdDisk:
     """One NBD export opened read-only, with the dirty bitmap context when ``bitmap`` is set.
 
     ``where`` is ``("unix", path)`` or ``("tcp", host, port)``; ``label`` names the disk in
-    errors. Thread-safe: libnbd serialises calls on one handle.
+    errors. Thread-safe. ``connections`` handles are opened, so that many reads can be in
+    flight at once (:attr:`max_parallel_reads`): a backup export is a frozen point in time
+    and read-only, so several connections see the same bytes, and the server's work on one
+    read overlaps the node's hashing and compression of the last.
     """
 
     def __init__(self, where: tuple[Any, ...], export: str, *, bitmap: str = "",
-                 label: str = "") -> None:
+                 label: str = "", connections: int = 1) -> None:
         try:
             import nbd
         except ImportError as exc:
             raise ProviderError("libnbd's Python binding (Debian/Ubuntu: python3-libnbd) "
                                 "is not installed on this node") from exc
         self._nbd = nbd
+        self.where = where
+        self.export = export
         self.label = label or export
         self.bitmap = bitmap
-        self._lock = threading.Lock()
-        handle = nbd.NBD()
-        handle.set_export_name(export)
-        handle.add_meta_context(BASE_ALLOCATION)
-        if bitmap:
-            handle.add_meta_context(bitmap)
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handles: list[Any] = []
         try:
-            if where[0] == "unix":
-                handle.connect_unix(str(where[1]))
-            else:
-                handle.connect_tcp(str(where[1]), str(where[2]))
-            self.size = handle.get_size()
-            if bitmap and not handle.can_meta_context(bitmap):
+            first = self._connect(with_contexts=True)
+            self.size = first.get_size()
+            if bitmap and not first.can_meta_context(bitmap):
                 raise ProviderError(f"disk {self.label}: the export has no {bitmap!r} "
                                     "context, so its changes cannot be read")
         except nbd.Error as exc:
-            del handle
+            self.close()
             raise ProviderError(f"disk {self.label}: cannot open its NBD export at "
                                 f"{':'.join(map(str, where[1:]))}: {exc}") from exc
         except BaseException:
-            del handle
+            self.close()
             raise
-        self._handle = handle
+        self._status_handle: Any = first
+        for _ in range(connections - 1):
+            try:
+                self._connect(with_contexts=False, within=EXTRA_CONNECT_SECONDS)
+            except (nbd.Error, TimeoutError):
+                break  # a server that takes fewer connections is read with those it took
+        self.max_parallel_reads = len(self._handles)
+
+    def _connect(self, *, with_contexts: bool, within: float | None = None) -> Any:
+        """A new connection, added to the pool; ``within`` seconds at most, if given: a
+        server past its connection limit (``qemu-nbd --shared``) does not refuse the next
+        one, it leaves it waiting."""
+        handle = self._nbd.NBD()
+        handle.set_export_name(self.export)
+        # libnbd zeroes every read buffer first unless told not to; a failed read raises
+        # and its buffer is never used, so that pass over each byte is wasted.
+        handle.set_pread_initialize(False)
+        if with_contexts:
+            handle.add_meta_context(BASE_ALLOCATION)
+            if self.bitmap:
+                handle.add_meta_context(self.bitmap)
+        unix = self.where[0] == "unix"
+        if within is None:
+            if unix:
+                handle.connect_unix(str(self.where[1]))
+            else:
+                handle.connect_tcp(str(self.where[1]), str(self.where[2]))
+        else:
+            if unix:
+                handle.aio_connect_unix(str(self.where[1]))
+            else:
+                handle.aio_connect_tcp(str(self.where[1]), str(self.where[2]))
+            deadline = time.monotonic() + within
+            while handle.aio_is_connecting():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no NBD handshake within {within} s")
+                handle.poll(max(1, int(left * 1000)))
+            if not handle.aio_is_ready():
+                raise TimeoutError("the NBD handshake did not finish")
+        self._handles.append(handle)
+        self._idle.put(handle)
+        return handle
 
     def close(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
+        handles, self._handles = self._handles, []
+        self._status_handle = None
+        for handle in handles:
             try:
                 handle.shutdown()
             except self._nbd.Error:
-                pass  # the server went first (a job ended); nothing left to flush
-            # libnbd 1.14's binding has no close(): dropping the handle closes it.
-            del handle
+                pass  # the server went first (a job ended), or it never connected
+        # libnbd 1.14's binding has no close(): dropping the handles closes them.
+        del handles
+        self._idle = queue.SimpleQueue()
 
     def __enter__(self) -> NbdDisk:
         return self
@@ -81,16 +127,27 @@ class NbdDisk:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _handle(self) -> Iterator[Any]:
+        """An idle connection, for one request at a time."""
+        if not self._handles:
+            raise ProviderError(f"disk {self.label}: its NBD export is closed")
+        handle = self._idle.get()
+        try:
+            yield handle
+        finally:
+            self._idle.put(handle)
+
     # --- reads ------------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``, in requests of at most 32 MiB."""
         parts = []
         try:
-            with self._lock:
+            with self._handle() as handle:
                 while length > 0:
                     count = min(length, MAX_READ)
-                    parts.append(self._handle.pread(count, offset))
+                    parts.append(handle.pread(count, offset))
                     offset += count
                     length -= count
         except self._nbd.Error as exc:
@@ -139,9 +196,11 @@ class NbdDisk:
             return 0
 
         count = min(STATUS_WINDOW, self.size - offset)
+        if self._status_handle is None:
+            raise ProviderError(f"disk {self.label}: its NBD export is closed")
         try:
-            with self._lock:
-                self._handle.block_status(count, offset, collect)
+            # libnbd serialises the calls on one handle, so a read may share it meanwhile.
+            self._status_handle.block_status(count, offset, collect)
         except self._nbd.Error as exc:
             raise ProviderError(f"disk {self.label}: reading its extents at {offset} failed: "
                                 f"{exc}") from exc

@@ -13,6 +13,7 @@ import attrs
 import pytest
 
 from sbr_core.config import structure_config
+from sbr_core.engine.vm_steps import store_vm
 from sbr_core.models import BackupPoint, ExportRequest, Instance
 from sbr_core.operation import Operation
 from sbr_core.providers.base import ProviderContext
@@ -121,12 +122,8 @@ def back_up(provider: KvmHypervisor, repo: Repository, instance: Instance,
     with provider.export(request) as export:
         with BackupWriter(repo, name=f"{CONNECTION}/{instance.external_id}", kind="vm",
                           parent=parent.manifest if parent else None) as writer:
-            for name, data in export.files.items():
-                writer.add_file(name, data)
-            for disk in export.disks:
-                writer.add_disk(disk.disk.key, disk.disk.capacity_bytes, disk.extents(),
-                                disk.read, full=disk.full or parent is None,
-                                identity=disk.identity)
+            store_vm(writer, export, parent=parent.manifest if parent else None,
+                     log=request.op.logger)
             manifest = writer.commit(platform_state=dict(export.platform_state))
         stored = Stored(manifest, export.full, export.reason, dict(export.platform_state),
                         manifest.stats["bytes_read"], export.consistency)
