@@ -225,12 +225,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
                 if row.tool == "sbr" and not row.result.error:
                     out = json.loads(row.result.stdout.strip().splitlines()[-1])
                     row.note = (f"read {workload.human(out['bytes_read'])}, stored "
-                                f"{workload.human(out['stored_new'])} new")
-                    quarters = out.get("rss_by_quarter") or []
-                    if len(quarters) > 1:
-                        row.note += "; RSS by quarter read: " + ", ".join(
-                            f"{rss / MiB:.0f} MiB by {workload.human(done)}"
-                            for done, rss in quarters)
+                                f"{workload.human(out['stored_new'])} new"
+                                + _rss_trail(out, "read"))
             for fmt in ("raw", "qcow2"):
                 out = rundir / f"restored.{fmt}"
                 result = _measure(f"sbr-restore-{fmt}",
@@ -238,7 +234,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
                                    str(sbr_state), "--out", str(out), "--format", fmt,
                                    "--scratch", str(rundir / "scratch")], logs, env)
                 rows.append(Row("sbr", f"restore ({fmt})", result, size,
-                                _compare(out, disk) if not result.error else ""))
+                                _compare(out, disk) + _rss_trail(
+                                    json.loads(result.stdout.strip().splitlines()[-1]),
+                                    "written") if not result.error else ""))
                 out.unlink(missing_ok=True)
             facts["sbr_repo"] = _du(repo)
     finally:
@@ -247,6 +245,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
                  full_runs=args.full_runs,
                  vnb=debian_version("virtnbdbackup") or "?")
     return rows, facts
+
+
+def _rss_trail(out: dict[str, object], done: str) -> str:
+    """The node's RSS over the run (bench/kvm_node.py's rss_by_quarter), for the notes."""
+    quarters = out.get("rss_by_quarter") or []
+    if len(quarters) < 2:  # type: ignore[arg-type]
+        return ""
+    return f"; RSS by quarter {done}: " + ", ".join(
+        f"{rss / MiB:.0f} MiB by {workload.human(n)}" for n, rss in quarters)  # type: ignore[attr-defined]
 
 
 def _du(path: Path) -> int:

@@ -56,12 +56,14 @@ def _provider(uri: str, scratch: str) -> KvmHypervisor:
 
 
 class RssTrail:
-    """The process's resident set every half second, with the bytes read so far: whether
-    memory levels off as the disk goes on, or keeps growing with it."""
+    """The process's resident set every half second, with the bytes done so far (read by
+    the ``writer``, or told to :meth:`progress`): whether memory levels off as the disk goes
+    on, or keeps growing with it."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[int, int]] = []  # (bytes read, RSS bytes)
+        self.samples: list[tuple[int, int]] = []  # (bytes done, RSS bytes)
         self.writer: BackupWriter | None = None
+        self.done: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -75,11 +77,15 @@ class RssTrail:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            if self.writer is not None:
-                self.samples.append((self.writer.stats["bytes_read"], _rss()))
+            done = self.writer.stats["bytes_read"] if self.writer is not None else self.done
+            if done is not None:
+                self.samples.append((done, _rss()))
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.done = done
 
     def by_quarter(self) -> list[list[int]]:
-        """The largest RSS seen in each quarter of the bytes read: [bytes read, RSS]."""
+        """The largest RSS seen in each quarter of the bytes done: [bytes done, RSS]."""
         if not self.samples:
             return []
         total = self.samples[-1][0] or 1
@@ -135,13 +141,15 @@ def restore(args: argparse.Namespace) -> dict[str, object]:
     manifest = repo.manifest(state["backup_id"])  # type: ignore[attr-defined]
     disk = manifest.disks[0]
     out = Path(args.out)
-    with repo.reading():  # type: ignore[attr-defined]
+    with RssTrail() as trail, repo.reading():  # type: ignore[attr-defined]
+        op = Operation(report=trail.progress)
         if args.format == "raw":
-            written = restore_disk(repo, disk, out)  # type: ignore[arg-type]
+            written = restore_disk(repo, disk, out, op=op)  # type: ignore[arg-type]
         else:
             with _provider("qemu:///system", args.scratch) as provider:
-                written = provider.write_image(BackedUpDisk(repo, disk), out, args.format)  # type: ignore[arg-type]
-    return {"bytes_written": written, "size": disk.size}
+                written = provider.write_image(BackedUpDisk(repo, disk), out, args.format,  # type: ignore[arg-type]
+                                               op=op)
+    return {"bytes_written": written, "size": disk.size, "rss_by_quarter": trail.by_quarter()}
 
 
 def main() -> None:
