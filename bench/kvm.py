@@ -26,8 +26,10 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -114,7 +116,7 @@ def _drop_checkpoints(dom: object) -> None:
 
 
 def _earlier_fulls(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path,
-                   runs: int, peers: bool, sbr_backup: object, logs: Path,
+                   runs: int, peers: bool, sbr_backup: Callable[..., Measured], logs: Path,
                    env: dict[str, str]) -> dict[str, list[Measured]]:
     """All but the last of --full-runs full backups per tool, taking turns, each into a
     fresh directory or repository that is then removed with its checkpoints: one full's
@@ -131,7 +133,7 @@ def _earlier_fulls(dom: object, name: str, daemon: PrivateLibvirtd, rundir: Path
             shutil.rmtree(out, ignore_errors=True)
             _drop_checkpoints(dom)
         repo, state = rundir / "sbr-earlier-repo", rundir / "sbr-earlier-state.json"
-        fulls["sbr"].append(sbr_backup(f"full-{turn}", repo, state))  # type: ignore[operator]
+        fulls["sbr"].append(sbr_backup(f"full-{turn}", repo, state))
         shutil.rmtree(repo, ignore_errors=True)
         state.unlink(missing_ok=True)
         _drop_checkpoints(dom)
@@ -223,10 +225,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
             _median_full(rows, earlier)
             for row in rows:
                 if row.tool == "sbr" and not row.result.error:
-                    out = json.loads(row.result.stdout.strip().splitlines()[-1])
-                    row.note = (f"read {workload.human(out['bytes_read'])}, stored "
-                                f"{workload.human(out['stored_new'])} new"
-                                + _rss_trail(out, "read"))
+                    reported = _reported(row.result)
+                    row.note = (f"read {workload.human(reported['bytes_read'])}, stored "
+                                f"{workload.human(reported['stored_new'])} new"
+                                + _rss_trail(reported, "done"))
             for fmt in ("raw", "qcow2"):
                 out = rundir / f"restored.{fmt}"
                 result = _measure(f"sbr-restore-{fmt}",
@@ -234,9 +236,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
                                    str(sbr_state), "--out", str(out), "--format", fmt,
                                    "--scratch", str(rundir / "scratch")], logs, env)
                 rows.append(Row("sbr", f"restore ({fmt})", result, size,
-                                _compare(out, disk) + _rss_trail(
-                                    json.loads(result.stdout.strip().splitlines()[-1]),
-                                    "written") if not result.error else ""))
+                                _compare(out, disk) + _rss_trail(_reported(result), "written")
+                                if not result.error else ""))
                 out.unlink(missing_ok=True)
             facts["sbr_repo"] = _du(repo)
     finally:
@@ -247,13 +248,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, object]]:
     return rows, facts
 
 
-def _rss_trail(out: dict[str, object], done: str) -> str:
+def _reported(result: Measured) -> dict[str, Any]:
+    """The JSON line bench/kvm_node.py printed last."""
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _rss_trail(out: dict[str, Any], done: str) -> str:
     """The node's RSS over the run (bench/kvm_node.py's rss_by_quarter), for the notes."""
     quarters = out.get("rss_by_quarter") or []
-    if len(quarters) < 2:  # type: ignore[arg-type]
+    if len(quarters) < 2:
         return ""
     return f"; RSS by quarter {done}: " + ", ".join(
-        f"{rss / MiB:.0f} MiB by {workload.human(n)}" for n, rss in quarters)  # type: ignore[attr-defined]
+        f"{rss / MiB:.0f} MiB by {workload.human(n)}" for n, rss in quarters)
 
 
 def _du(path: Path) -> int:

@@ -56,14 +56,14 @@ def _provider(uri: str, scratch: str) -> KvmHypervisor:
 
 
 class RssTrail:
-    """The process's resident set every half second, with the bytes done so far (read by
-    the ``writer``, or told to :meth:`progress`): whether memory levels off as the disk goes
-    on, or keeps growing with it."""
+    """The process's resident set every half second, with the bytes done so far (as the
+    step's :class:`Operation` reports them, see :attr:`op`): whether memory levels off as
+    the disk goes on, or keeps growing with it."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[int, int]] = []  # (bytes done, RSS bytes)
-        self.writer: BackupWriter | None = None
         self.done: int | None = None
+        self.op = Operation(logger=logging.getLogger("sbr.bench"), report=self._progress)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,11 +77,10 @@ class RssTrail:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            done = self.writer.stats["bytes_read"] if self.writer is not None else self.done
-            if done is not None:
-                self.samples.append((done, _rss()))
+            if self.done is not None:
+                self.samples.append((self.done, _rss()))
 
-    def progress(self, done: int, total: int, message: str = "") -> None:
+    def _progress(self, done: int, total: int, message: str = "") -> None:
         self.done = done
 
     def by_quarter(self) -> list[list[int]]:
@@ -120,8 +119,7 @@ def backup(args: argparse.Namespace) -> dict[str, object]:
         started = time.perf_counter()
         with RssTrail() as trail, provider.export(request) as export, \
                 BackupWriter(repo, name=f"bench/{instance.external_id}", kind="vm",  # type: ignore[arg-type]
-                             parent=parent) as writer:
-            trail.writer = writer
+                             parent=parent, op=trail.op) as writer:
             store_vm(writer, export, parent=parent, log=log)
             manifest = writer.commit(platform_state=dict(export.platform_state),
                                      metadata={"config_name": export.config_name})
@@ -142,13 +140,12 @@ def restore(args: argparse.Namespace) -> dict[str, object]:
     disk = manifest.disks[0]
     out = Path(args.out)
     with RssTrail() as trail, repo.reading():  # type: ignore[attr-defined]
-        op = Operation(report=trail.progress)
         if args.format == "raw":
-            written = restore_disk(repo, disk, out, op=op)  # type: ignore[arg-type]
+            written = restore_disk(repo, disk, out, op=trail.op)  # type: ignore[arg-type]
         else:
             with _provider("qemu:///system", args.scratch) as provider:
                 written = provider.write_image(BackedUpDisk(repo, disk), out, args.format,  # type: ignore[arg-type]
-                                               op=op)
+                                               op=trail.op)
     return {"bytes_written": written, "size": disk.size, "rss_by_quarter": trail.by_quarter()}
 
 

@@ -194,6 +194,7 @@ def backup_image(dest: str, name: str, file: Path, parent: str | None,
     """Back up a disk image FILE (or block device) as backup NAME."""
     from sbr_core.repository import BackupWriter
     from sbr_core.repository.sources import ImageFile, read_extents_file
+    from sbr_core.repository.writer import WORKERS
 
     if changed_extents and not parent:
         raise UsageError("--changed-extents needs --parent: the backup they changed from")
@@ -213,7 +214,7 @@ def backup_image(dest: str, name: str, file: Path, parent: str | None,
                              op=op) as writer:
             writer.add_disk("disk", image.size, extents, image.read,
                             full=changed_extents is None, label=str(file),
-                            parallel_reads=True)
+                            parallel_reads=WORKERS)
             manifest = writer.commit(metadata={"source": str(file.resolve())})
     finally:
         image.close()

@@ -7,9 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,23 +33,11 @@ def store_vm(writer: BackupWriter, export: VmExport, *, parent: Manifest | None,
     for disk in export.disks:
         full = disk.full or parent is None or parent.disk(disk.disk.key) is None
         before = writer.stats["bytes_read"]
-        parallel = disk.max_parallel_reads > 1
-        writer.add_disk(disk.disk.key, disk.disk.capacity_bytes, disk.extents(),
-                        _bounded(disk.read, disk.max_parallel_reads) if parallel else disk.read,
+        writer.add_disk(disk.disk.key, disk.disk.capacity_bytes, disk.extents(), disk.read,
                         full=full, identity=disk.identity, label=disk.disk.label,
-                        parallel_reads=parallel)
+                        parallel_reads=disk.max_parallel_reads)
         log.info("disk %s: %s, %d bytes read", disk.disk.key,
                  "full" if full else "changes only", writer.stats["bytes_read"] - before)
-
-
-def _bounded(read: Callable[[int, int], bytes], limit: int) -> Callable[[int, int], bytes]:
-    """``read``, run by at most ``limit`` threads at once, whatever the writer's worker count."""
-    slots = threading.BoundedSemaphore(limit)
-
-    def bounded(offset: int, length: int) -> bytes:
-        with slots:
-            return read(offset, length)
-    return bounded
 
 
 def committed(provider: Hypervisor, instance: Instance, platform_state: Mapping[str, Any], *,

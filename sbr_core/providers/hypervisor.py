@@ -41,7 +41,11 @@ class DiskReader(Protocol):
     full: bool
     reason: str
     identity: str
-    max_parallel_reads: int
+
+    @property
+    def max_parallel_reads(self) -> int:
+        """How many reads may run at once."""
+        ...
 
     def extents(self) -> Iterator[Extent]:
         """The ranges to back up, in offset order: every allocated range for a full export,

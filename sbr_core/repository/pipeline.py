@@ -7,6 +7,7 @@ how many items are in flight, and so the memory used, whatever the input size.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,16 @@ def ordered_map(fn: Callable[[In], Out], items: Iterable[In], *, workers: int,
         for future in pending:
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def limited(fn: Callable[..., Out], limit: int) -> Callable[..., Out]:
+    """``fn``, run by at most ``limit`` threads at once; the others wait their turn."""
+    slots = threading.BoundedSemaphore(limit)
+
+    def call(*args: object) -> Out:
+        with slots:
+            return fn(*args)
+    return call
 
 
 def batched(items: Iterable[In], size: int) -> Iterator[list[In]]:

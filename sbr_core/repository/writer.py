@@ -29,7 +29,7 @@ from sbr_core.repository.format import ZERO_ID, BlobType, encode_blob, zero_bloc
 from sbr_core.repository.locks import Lock
 from sbr_core.repository.manifest import MAP_ENTRIES, DiskRecord, Manifest
 from sbr_core.repository.packer import Packer
-from sbr_core.repository.pipeline import ordered_map
+from sbr_core.repository.pipeline import limited, ordered_map
 from sbr_core.repository.reader import read_map
 from sbr_core.repository.repo import Repository
 from sbr_core.repository.tree import TreeWriter
@@ -148,7 +148,7 @@ class BackupWriter:
 
     def add_disk(self, key: str, size: int, extents: Iterable[Extent],
                  read: Callable[[int, int], bytes], *, full: bool = True, identity: str = "",
-                 label: str = "", parallel_reads: bool = False) -> DiskRecord:
+                 label: str = "", parallel_reads: int = 1) -> DiskRecord:
         """Back up one disk of ``size`` bytes.
 
         ``extents`` (in offset order) are the allocated ranges for a full backup, or the
@@ -156,8 +156,9 @@ class BackupWriter:
         ``zero`` extents are recorded as zeros and never read. Chunks that an extent touches
         are read whole with ``read(offset, length)``. In an incremental every other chunk is
         taken from the parent unread; in a full one it is zero. Reads come in offset order
-        from one thread, unless ``parallel_reads`` says ``read`` may run on several threads
-        in any order (a local file or block device: the reads then overlap).
+        from one thread, unless ``parallel_reads`` says up to that many may run at once on
+        the workers, in any order (a local file, a block device, several NBD connections:
+        the reads then overlap).
         """
         if size < 0:
             raise UsageError(f"disk {key!r}: size must not be negative")
@@ -182,8 +183,11 @@ class BackupWriter:
         maps = _MapBuilder(self, size, chunk_size, base)
         self.stats["logical_bytes"] += size
         done = 0
+        parallel = parallel_reads > 1
+        if 1 < parallel_reads < WORKERS:
+            read = limited(read, parallel_reads)
         work = _coalesced(self._disk_work(size, chunk_size, extents, read, full=full,
-                                          parallel=parallel_reads))
+                                          parallel=parallel))
         results = ordered_map(self._encode_chunks, work, workers=WORKERS, lookahead=LOOKAHEAD)
         for batch in results:
             for index, blob_id, stored, length, zero_bytes in batch:

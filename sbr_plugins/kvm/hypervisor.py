@@ -59,7 +59,10 @@ class ExportedDisk:
     nbd: NbdDisk
     still_there: Any  # () -> str: why the domain cannot be read any more, or ""
     identity: str = ""
-    max_parallel_reads: int = 1
+
+    @property
+    def max_parallel_reads(self) -> int:
+        return self.nbd.max_parallel_reads
 
     def extents(self) -> Iterator[Extent]:
         try:
@@ -300,7 +303,6 @@ class KvmHypervisor(Hypervisor):
                 readers.append(ExportedDisk(
                     disk=attrs.evolve(disk.disk, capacity_bytes=nbd.size),
                     full=modes[disk.target] == "full", reason="", nbd=nbd,
-                    max_parallel_reads=nbd.max_parallel_reads,
                     still_there=lambda: self._gone(request.instance.external_id, name)))
             state = {"checkpoint": new if job.checkpoint else "",
                      "checkpoint_created": bool(job.checkpoint),
@@ -378,7 +380,6 @@ class KvmHypervisor(Hypervisor):
                 readers.append(ExportedDisk(
                     disk=attrs.evolve(disk.disk, capacity_bytes=nbd.size),
                     full=not bitmap, reason="", nbd=nbd,
-                    max_parallel_reads=nbd.max_parallel_reads,
                     still_there=lambda: ""))
             # No checkpoint can be made without QEMU: the next backup reads the changes since
             # the same one again (a superset, so nothing is missed).

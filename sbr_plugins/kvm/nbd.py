@@ -65,7 +65,6 @@ class NbdDisk:
         except BaseException:
             self.close()
             raise
-        self._status_handle: Any = first
         for _ in range(connections - 1):
             try:
                 self._connect(with_contexts=False, within=EXTRA_CONNECT_SECONDS)
@@ -111,14 +110,12 @@ class NbdDisk:
 
     def close(self) -> None:
         handles, self._handles = self._handles, []
-        self._status_handle = None
         for handle in handles:
             try:
                 handle.shutdown()
             except self._nbd.Error:
                 pass  # the server went first (a job ended), or it never connected
         # libnbd 1.14's binding has no close(): dropping the handles closes them.
-        del handles
         self._idle = queue.SimpleQueue()
 
     def __enter__(self) -> NbdDisk:
@@ -127,11 +124,16 @@ class NbdDisk:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _first(self) -> Any:
+        """The connection with the metadata contexts; ProviderError once closed."""
+        if not self._handles:
+            raise ProviderError(f"disk {self.label}: its NBD export is closed")
+        return self._handles[0]
+
     @contextmanager
     def _handle(self) -> Iterator[Any]:
         """An idle connection, for one request at a time."""
-        if not self._handles:
-            raise ProviderError(f"disk {self.label}: its NBD export is closed")
+        self._first()
         handle = self._idle.get()
         try:
             yield handle
@@ -196,11 +198,10 @@ class NbdDisk:
             return 0
 
         count = min(STATUS_WINDOW, self.size - offset)
-        if self._status_handle is None:
-            raise ProviderError(f"disk {self.label}: its NBD export is closed")
+        handle = self._first()
         try:
             # libnbd serialises the calls on one handle, so a read may share it meanwhile.
-            self._status_handle.block_status(count, offset, collect)
+            handle.block_status(count, offset, collect)
         except self._nbd.Error as exc:
             raise ProviderError(f"disk {self.label}: reading its extents at {offset} failed: "
                                 f"{exc}") from exc

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sbr_core.engine.vm_steps import _bounded
 from sbr_core.errors import ProviderError
+from sbr_core.repository.pipeline import limited
 from sbr_plugins.kvm.qemunbd import QemuNbd
 from tests.integration.kvm.conftest import MiB, new_disk, qemu_img
 from tests.services import service_unavailable
@@ -102,7 +102,7 @@ def test_the_node_never_runs_more_reads_than_the_reader_takes() -> None:
             running -= 1
         return bytes(length)
 
-    read = _bounded(slow_read, 2)
+    read = limited(slow_read, 2)
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(lambda i: len(read(i, 10)), range(12))) == [10] * 12
     assert peak == 2
